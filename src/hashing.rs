@@ -160,7 +160,10 @@ mod tests {
         let lora_seed = namespace_seed("meta-llama/Llama-3.1-8B-Instruct", Some("sql-adapter"));
         assert_eq!(lora_seed, GOLDEN_LORA_SEED);
         let tokens: Vec<u32> = (0..40).map(|i| i * 1000 + 7).collect();
-        let hashes: Vec<u64> = block_hashes(seed, &tokens, 16).iter().map(|h| h.0).collect();
+        let hashes: Vec<u64> = block_hashes(seed, &tokens, 16)
+            .iter()
+            .map(|h| h.0)
+            .collect();
         assert_eq!(hashes, GOLDEN_BLOCKS_16);
         let mut ids = Vec::new();
         chain_ids(seed, &[0, 1, 2], &mut ids);
@@ -173,7 +176,11 @@ mod tests {
     const GOLDEN_SEED: u64 = 0x876d_2bd1_b7fd_0246;
     const GOLDEN_LORA_SEED: u64 = 0xc5b8_7680_2b66_94b0;
     const GOLDEN_BLOCKS_16: [u64; 2] = [0x362a_5e58_0402_9637, 0x7627_0d44_fdc0_057b];
-    const GOLDEN_IDS: [u64; 3] = [0x6ba2_b050_ab9d_bf78, 0xc89d_8bee_b26a_d575, 0x18ae_3992_5a3a_b6d2];
+    const GOLDEN_IDS: [u64; 3] = [
+        0x6ba2_b050_ab9d_bf78,
+        0xc89d_8bee_b26a_d575,
+        0x18ae_3992_5a3a_b6d2,
+    ];
 
     #[test]
     fn partial_block_is_not_hashed() {
@@ -190,7 +197,10 @@ mod tests {
         let a_lora = block_hashes(namespace_seed("a", Some("x")), &tokens, 16);
         assert_ne!(a, b);
         assert_ne!(a, a_lora);
-        assert_ne!(namespace_seed("ab", Some("c")), namespace_seed("a", Some("bc")));
+        assert_ne!(
+            namespace_seed("ab", Some("c")),
+            namespace_seed("a", Some("bc"))
+        );
     }
 
     #[test]

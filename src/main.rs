@@ -1,1 +1,98 @@
-fn main(){}
+//! `cache-router`: thin entry point. Parse, validate, run; everything else is in the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use cache_router::sim;
+
+/// Cache-aware router for fleets of LLM inference servers.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `cache_router=debug`.
+    #[arg(long, env = "CACHE_ROUTER_LOG", default_value = "info", global = true)]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Simulate a fleet offline and compare routing policies (hit rate, TTFT, imbalance).
+    Sim(Box<sim::cli::SimArgs>),
+}
+
+/// Exit code for a configuration error (BSD `EX_USAGE`), as linkerd does.
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Sim(args) => run_sim(&args),
+    }
+}
+
+fn run_sim(args: &sim::cli::SimArgs) -> ExitCode {
+    match sim::cli::run(args) {
+        Ok(results) => {
+            if args.json {
+                match serde_json::to_string_pretty(&results) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("error: cannot encode results: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", sim::report::table(&results));
+                if let Some(p) = &args.plot {
+                    println!("plot written to {}", p.display());
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e @ sim::cli::SimError::Config(_)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EX_USAGE)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sim_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "cache-router",
+            "sim",
+            "--workers",
+            "8",
+            "--policy",
+            "cache-aware,round-robin",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Sim(args) = cli.command;
+        assert_eq!(args.workers, 8);
+        assert_eq!(args.policy.len(), 2);
+        assert!(Cli::try_parse_from(["cache-router", "sim", "--policy", "nope"]).is_err());
+    }
+}

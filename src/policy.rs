@@ -56,13 +56,25 @@ impl PolicyKind {
 #[derive(Clone, Debug, clap::Args, Serialize)]
 pub struct PolicyConfig {
     /// Weight `a` on the request's uncached blocks.
-    #[arg(long = "w-uncached", env = "CACHE_ROUTER_W_UNCACHED", default_value_t = 1.0)]
+    #[arg(
+        long = "w-uncached",
+        env = "CACHE_ROUTER_W_UNCACHED",
+        default_value_t = 1.0
+    )]
     pub uncached_weight: f64,
     /// Weight `b` on the worker's queued prefill blocks.
-    #[arg(long = "w-prefill", env = "CACHE_ROUTER_W_PREFILL", default_value_t = 1.0)]
+    #[arg(
+        long = "w-prefill",
+        env = "CACHE_ROUTER_W_PREFILL",
+        default_value_t = 1.0
+    )]
     pub prefill_weight: f64,
     /// Weight `c` on the worker's running (decoding) requests, in blocks per request.
-    #[arg(long = "w-decode", env = "CACHE_ROUTER_W_DECODE", default_value_t = 1.0)]
+    #[arg(
+        long = "w-decode",
+        env = "CACHE_ROUTER_W_DECODE",
+        default_value_t = 1.0
+    )]
     pub decode_weight: f64,
     /// Softmax temperature in cost units; 0 picks the minimum.
     #[arg(long, env = "CACHE_ROUTER_TEMPERATURE", default_value_t = 0.0)]
@@ -77,7 +89,12 @@ pub struct PolicyConfig {
     #[arg(long, env = "CACHE_ROUTER_APPROX_BALANCE_ABS", default_value_t = 32)]
     pub approx_balance_abs: u32,
     /// Seed for tie-breaks and sampling (reproducible runs).
-    #[arg(long = "policy-seed", env = "CACHE_ROUTER_POLICY_SEED", default_value_t = 0)]
+    #[arg(
+        id = "policy_seed",
+        long = "policy-seed",
+        env = "CACHE_ROUTER_POLICY_SEED",
+        default_value_t = 0
+    )]
     pub seed: u64,
 }
 
@@ -249,7 +266,8 @@ impl Policy {
     /// Tells the policy where a request went, so history-based policies learn from it.
     pub fn observe_routed(&mut self, worker: WorkerIdx, hashes: &[BlockHash], now_ms: u64) {
         if self.kind == PolicyKind::Approx {
-            self.approx.record(worker, hashes, now_ms, self.config.approx_ttl_ms);
+            self.approx
+                .record(worker, hashes, now_ms, self.config.approx_ttl_ms);
         }
     }
 
@@ -402,12 +420,24 @@ mod tests {
             worker: w(1),
             blocks: 8,
         }];
-        p.choose(&hashes(10), &cands(&[(0.0, 0.0, 0), (3.0, 0.0, 1)]), &overlaps, 0, &mut d);
+        p.choose(
+            &hashes(10),
+            &cands(&[(0.0, 0.0, 0), (3.0, 0.0, 1)]),
+            &overlaps,
+            0,
+            &mut d,
+        );
         // w0: 10 uncached; w1: 2 uncached + 3 queued = 5.
         assert_eq!(d.chosen_scored().unwrap().worker, w(1));
         assert_eq!(d.scored[0].cost, 10.0);
         assert_eq!(d.scored[1].cost, 5.0);
-        p.choose(&hashes(10), &cands(&[(0.0, 0.0, 0), (9.0, 0.0, 3)]), &overlaps, 0, &mut d);
+        p.choose(
+            &hashes(10),
+            &cands(&[(0.0, 0.0, 0), (9.0, 0.0, 3)]),
+            &overlaps,
+            0,
+            &mut d,
+        );
         assert_eq!(d.chosen_scored().unwrap().worker, w(0));
     }
 
@@ -433,7 +463,13 @@ mod tests {
         let mut d = Decision::default();
         let mut seen = [0u32; 2];
         for _ in 0..1000 {
-            p.choose(&hashes(4), &cands(&[(0.0, 0.0, 0), (2.0, 0.0, 0)]), &[], 0, &mut d);
+            p.choose(
+                &hashes(4),
+                &cands(&[(0.0, 0.0, 0), (2.0, 0.0, 0)]),
+                &[],
+                0,
+                &mut d,
+            );
             seen[d.chosen.unwrap()] += 1;
         }
         // p(w1) = e^-1 / (1 + e^-1) ≈ 0.27.

@@ -164,9 +164,9 @@ impl Envelope {
             return Err(DecodeError::UnknownVersion(version));
         }
         let mut de = rmp_serde::Deserializer::new(bytes);
-        let env = Envelope::deserialize(&mut de)
-            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        if de.get_ref().len() != 0 {
+        let env =
+            Envelope::deserialize(&mut de).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if !de.get_ref().is_empty() {
             return Err(DecodeError::Malformed(format!(
                 "{} trailing bytes after the envelope",
                 de.get_ref().len()
@@ -253,14 +253,23 @@ mod tests {
         let bytes = env.encode().unwrap();
         for cut in 0..bytes.len() {
             assert!(
-                matches!(Envelope::decode(&bytes[..cut]), Err(DecodeError::Malformed(_))),
+                matches!(
+                    Envelope::decode(&bytes[..cut]),
+                    Err(DecodeError::Malformed(_))
+                ),
                 "truncated at {cut} must be malformed"
             );
         }
         let mut trailing = bytes.clone();
         trailing.push(0xc0);
-        assert!(matches!(Envelope::decode(&trailing), Err(DecodeError::Malformed(_))));
-        assert!(matches!(Envelope::decode(b"hello"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            Envelope::decode(&trailing),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            Envelope::decode(b"hello"),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     fn arb_hash() -> impl Strategy<Value = BlockHash> {
@@ -269,20 +278,32 @@ mod tests {
 
     fn arb_body() -> impl Strategy<Value = Body> {
         prop_oneof![
-            (proptest::collection::vec(arb_hash(), 0..20), proptest::option::of(arb_hash()))
+            (
+                proptest::collection::vec(arb_hash(), 0..20),
+                proptest::option::of(arb_hash())
+            )
                 .prop_map(|(blocks, parent)| Body::Stored { blocks, parent }),
-            proptest::collection::vec(arb_hash(), 0..20).prop_map(|blocks| Body::Removed { blocks }),
+            proptest::collection::vec(arb_hash(), 0..20)
+                .prop_map(|blocks| Body::Removed { blocks }),
             Just(Body::Cleared),
-            (any::<u64>(), any::<u64>())
-                .prop_map(|(block_count, checksum)| Body::Digest { block_count, checksum }),
-            (any::<u32>(), any::<u32>(), 0.0f32..1.0, proptest::option::of(any::<u64>())).prop_map(
-                |(running, waiting, kv_usage, num_blocks)| Body::Load(Load {
-                    running,
-                    waiting,
-                    kv_usage,
-                    num_blocks
-                })
-            ),
+            (any::<u64>(), any::<u64>()).prop_map(|(block_count, checksum)| Body::Digest {
+                block_count,
+                checksum
+            }),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                0.0f32..1.0,
+                proptest::option::of(any::<u64>())
+            )
+                .prop_map(|(running, waiting, kv_usage, num_blocks)| Body::Load(
+                    Load {
+                        running,
+                        waiting,
+                        kv_usage,
+                        num_blocks
+                    }
+                )),
         ]
     }
 

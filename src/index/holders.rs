@@ -122,7 +122,11 @@ impl Holders {
     pub(crate) fn get(self, spill: &Spill, worker: u16) -> Option<Holder> {
         match self.spill_index() {
             Some(i) => spill.lists[i].iter().copied().find(|h| h.worker == worker),
-            None => self.inline().into_iter().flatten().find(|h| h.worker == worker),
+            None => self
+                .inline()
+                .into_iter()
+                .flatten()
+                .find(|h| h.worker == worker),
         }
     }
 
@@ -232,7 +236,13 @@ mod tests {
         let mut h = Holders::EMPTY;
         assert!(h.is_empty());
         for w in [3u16, MAX_WORKER_SLOT, 0, 9] {
-            h.insert(&mut spill, Holder { worker: w, children: 0 });
+            h.insert(
+                &mut spill,
+                Holder {
+                    worker: w,
+                    children: 0,
+                },
+            );
         }
         assert_eq!(workers(h, &spill), vec![0, 3, 9, MAX_WORKER_SLOT]);
         assert!(h.update(&mut spill, 9, |x| x.children = 65535));
@@ -240,7 +250,10 @@ mod tests {
         assert_eq!(h.remove(&mut spill, 3).unwrap().worker, 3);
         assert_eq!(h.remove(&mut spill, 3), None);
         assert_eq!(h.len(&spill), 3);
-        assert_eq!(h.remove(&mut spill, MAX_WORKER_SLOT).unwrap().worker, MAX_WORKER_SLOT);
+        assert_eq!(
+            h.remove(&mut spill, MAX_WORKER_SLOT).unwrap().worker,
+            MAX_WORKER_SLOT
+        );
         // Back to two holders: inline again, spill slot freed.
         assert_eq!(workers(h, &spill), vec![0, 9]);
         assert_eq!(spill.free.len(), 1);

@@ -36,7 +36,7 @@ pub use speculative::Speculation;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::protocol::BlockHash;
+use crate::protocol::{BlockHash, Body};
 use holders::{Holder, Holders, Spill};
 
 /// Parent value meaning "a chain root" (a real hash of 0 only loses closure precision).
@@ -177,6 +177,17 @@ impl Index {
         self.workers.get(w.get())
     }
 
+    /// Applies a cache event from `w` (the one entry point the live ingest and the simulator
+    /// share). `Digest` and `Load` say nothing about residency and are ignored here.
+    pub fn apply(&mut self, w: WorkerIdx, body: &Body) {
+        match body {
+            Body::Stored { blocks, parent } => self.apply_stored(w, *parent, blocks),
+            Body::Removed { blocks } => self.apply_removed(w, blocks),
+            Body::Cleared => self.apply_cleared(w),
+            Body::Digest { .. } | Body::Load(_) => {}
+        }
+    }
+
     /// `w` now holds the chain `blocks` (the first one's parent is `parent`).
     pub fn apply_stored(&mut self, w: WorkerIdx, parent: Option<BlockHash>, blocks: &[BlockHash]) {
         self.worker_mut(w);
@@ -285,7 +296,8 @@ impl Index {
                 u16::MAX
             });
             if let Some(rec) = self.blocks.get_mut(&b) {
-                rec.holders.update(&mut self.spill, slot, |h| h.children = children);
+                rec.holders
+                    .update(&mut self.spill, slot, |h| h.children = children);
             }
         }
         if parent != NO_PARENT {
@@ -373,7 +385,8 @@ impl Index {
         let held = std::mem::take(&mut ws.blocks);
         for b in &held {
             if let Some(rec) = self.blocks.get_mut(b) {
-                rec.holders.update(&mut self.spill, slot, |h| h.children = 0);
+                rec.holders
+                    .update(&mut self.spill, slot, |h| h.children = 0);
             }
         }
         let mut orphans = 0u32;
@@ -468,8 +481,9 @@ impl Index {
     pub fn holders_of(&self, b: BlockHash) -> Vec<WorkerIdx> {
         let mut v = Vec::new();
         if let Some(r) = self.blocks.get(&b.0) {
-            r.holders
-                .for_each(&self.spill, |h| v.push(WorkerIdx::new(h.worker.into()).unwrap()));
+            r.holders.for_each(&self.spill, |h| {
+                v.push(WorkerIdx::new(h.worker.into()).unwrap())
+            });
         }
         v.sort_unstable();
         v
@@ -513,8 +527,10 @@ impl Index {
                 buckets * (elem + 1)
             }
         };
-        bucket(self.blocks.capacity(), std::mem::size_of::<(u64, BlockRec)>())
-            + self.spill.bytes()
+        bucket(
+            self.blocks.capacity(),
+            std::mem::size_of::<(u64, BlockRec)>(),
+        ) + self.spill.bytes()
             + self
                 .workers
                 .iter()
@@ -604,7 +620,9 @@ impl Index {
             // Tiny sets: direct membership beats the bitmap round trip.
             return partition_in_place(set, |w| holders.get(&self.spill, w).is_none());
         }
-        holders.for_each(&self.spill, |h| mark[h.worker as usize / 64] |= 1 << (h.worker % 64));
+        holders.for_each(&self.spill, |h| {
+            mark[h.worker as usize / 64] |= 1 << (h.worker % 64)
+        });
         let split = partition_in_place(set, |w| mark[w as usize / 64] & (1 << (w % 64)) == 0);
         holders.for_each(&self.spill, |h| mark[h.worker as usize / 64] = 0);
         split
