@@ -18,6 +18,7 @@
 //!
 //! Dependencies flow one way: protocol/hashing ← index ← policy ← sim.
 
+pub mod fleet;
 pub mod hashing;
 pub mod index;
 pub mod policy;

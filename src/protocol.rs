@@ -41,6 +41,29 @@ impl fmt::Display for WorkerId {
     }
 }
 
+impl WorkerId {
+    /// Worker ids become NATS subject tokens and KV keys: 1 to 128 characters of
+    /// `[A-Za-z0-9_-]`. Anything else is refused before it reaches a subject.
+    pub fn validate(&self) -> Result<(), InvalidWorkerId> {
+        let ok = !self.0.is_empty()
+            && self.0.len() <= 128
+            && self
+                .0
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            Ok(())
+        } else {
+            Err(InvalidWorkerId(self.0.clone()))
+        }
+    }
+}
+
+/// A worker id that cannot be used as a subject token.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid worker id {0:?}: use 1-128 characters of A-Z, a-z, 0-9, '-' and '_'")]
+pub struct InvalidWorkerId(pub String);
+
 impl From<&str> for WorkerId {
     fn from(s: &str) -> Self {
         WorkerId(s.to_owned())
@@ -187,6 +210,49 @@ fn peek_version(mut bytes: &[u8]) -> Result<u64, DecodeError> {
         .map_err(|e| DecodeError::Malformed(format!("version is not an unsigned integer: {e}")))
 }
 
+/// A router asks a worker's reporter for its whole held set (after a gap, a new epoch or a
+/// digest mismatch). Sent to `<prefix>.sync.<worker>` with a reply inbox.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    pub version: u16,
+    pub worker: WorkerId,
+}
+
+/// One chunk of a resync reply. The set is `(block, parent)` pairs as of the worker's message
+/// `seq` in `epoch`: every event with a higher sequence number comes after it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyncChunk {
+    pub version: u16,
+    pub worker: WorkerId,
+    pub epoch: u64,
+    pub seq: u64,
+    /// 0-based chunk number and chunk count.
+    pub index: u32,
+    pub total: u32,
+    pub entries: Vec<(BlockHash, Option<BlockHash>)>,
+}
+
+/// A worker's registry entry (JSON in the registry KV bucket, keyed by worker id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub id: WorkerId,
+    /// Base URL of the engine's OpenAI-compatible API.
+    pub url: String,
+    /// Model the engine serves (the hash namespace).
+    pub model: String,
+    pub block_size: u32,
+    pub epoch: u64,
+}
+
+/// Decodes any msgpack message of ours whose first field is the protocol version.
+pub fn decode_versioned<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let version = peek_version(bytes)?;
+    if version != u64::from(PROTOCOL_VERSION) {
+        return Err(DecodeError::UnknownVersion(version));
+    }
+    rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +291,26 @@ mod tests {
             let env = Envelope::new("worker-a".into(), 7, i as u64 + 1, 1_700_000_000_000, body);
             let bytes = env.encode().unwrap();
             assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+        }
+    }
+
+    #[test]
+    fn sync_messages_round_trip_and_worker_ids_are_checked() {
+        let chunk = SyncChunk {
+            version: PROTOCOL_VERSION,
+            worker: "w-1".into(),
+            epoch: 3,
+            seq: 99,
+            index: 0,
+            total: 1,
+            entries: vec![(BlockHash(1), None), (BlockHash(2), Some(BlockHash(1)))],
+        };
+        let bytes = rmp_serde::to_vec(&chunk).unwrap();
+        assert_eq!(decode_versioned::<SyncChunk>(&bytes).unwrap(), chunk);
+        assert!(decode_versioned::<SyncChunk>(b"\x93\x02").is_err());
+        assert!(WorkerId::from("gpu-01_a").validate().is_ok());
+        for bad in ["", "a.b", "a b", "a*", "a>"] {
+            assert!(WorkerId::from(bad).validate().is_err(), "{bad:?}");
         }
     }
 

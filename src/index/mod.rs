@@ -25,10 +25,12 @@
 //! Evicted blocks stay in the worker's digest accounting, so anti-entropy compares what the
 //! worker *reported*, not what we chose to keep.
 
+mod block_set;
 mod digest;
 mod holders;
 mod speculative;
 
+pub use block_set::BlockSet;
 pub use digest::{digest_term, Digest};
 pub use holders::{WorkerIdx, MAX_WORKER_SLOT};
 pub use speculative::Speculation;
@@ -499,6 +501,16 @@ impl Index {
         self.worker(w)
             .into_iter()
             .flat_map(|ws| ws.blocks.iter().map(|&b| BlockHash(b)))
+    }
+
+    /// `w`'s resident blocks with their parents (what a snapshot stores).
+    pub fn worker_entries(&self, w: WorkerIdx) -> Vec<(BlockHash, Option<BlockHash>)> {
+        self.worker_block_iter(w)
+            .map(|b| {
+                let parent = self.blocks.get(&b.0).map_or(NO_PARENT, |r| r.parent);
+                (b, (parent != NO_PARENT).then_some(BlockHash(parent)))
+            })
+            .collect()
     }
 
     /// The digest of what `w` reported (what its reporter's `Digest` must equal).
