@@ -256,6 +256,12 @@ impl Fleet {
         self.apply_in_order(env)
     }
 
+    /// Advances the stream position past a message that could not be applied (undecodable),
+    /// so readiness and snapshots do not wait for it.
+    pub fn note_stream_seq(&mut self, stream_seq: u64) {
+        self.applied_stream_seq = self.applied_stream_seq.max(stream_seq);
+    }
+
     fn apply_in_order(&mut self, env: Envelope) -> Option<ResyncNeeded> {
         if let Body::Load(load) = env.body {
             self.update_load(&env.worker, load);

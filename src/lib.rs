@@ -18,8 +18,10 @@
 //!
 //! Dependencies flow one way: protocol/hashing ← index ← policy ← sim.
 
+pub mod bus;
 pub mod fleet;
 pub mod hashing;
+pub mod http;
 pub mod index;
 pub mod policy;
 pub mod protocol;

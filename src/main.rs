@@ -7,6 +7,8 @@ use tracing_subscriber::EnvFilter;
 
 use cache_router::sim;
 
+mod serve;
+
 /// Cache-aware router for fleets of LLM inference servers.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
@@ -20,12 +22,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the router: consume the fleet's cache events from NATS JetStream into the index
+    /// (restoring from the newest snapshot) and serve health, readiness and metrics.
+    Serve(Box<serve::ServeArgs>),
     /// Simulate a fleet offline and compare routing policies (hit rate, TTFT, imbalance).
     Sim(Box<sim::cli::SimArgs>),
 }
 
 /// Exit code for a configuration error (BSD `EX_USAGE`), as linkerd does.
-const EX_USAGE: u8 = 64;
+pub(crate) const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -34,6 +39,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
+        Command::Serve(args) => serve::main(*args),
         Command::Sim(args) => run_sim(&args),
     }
 }
@@ -90,7 +96,9 @@ mod tests {
             "--json",
         ])
         .unwrap();
-        let Command::Sim(args) = cli.command;
+        let Command::Sim(args) = cli.command else {
+            panic!("expected sim")
+        };
         assert_eq!(args.workers, 8);
         assert_eq!(args.policy.len(), 2);
         assert!(Cli::try_parse_from(["cache-router", "sim", "--policy", "nope"]).is_err());

