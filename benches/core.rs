@@ -687,9 +687,11 @@ fn print_latency(case: &str, idx: &Index, reqs: &[Vec<BlockHash>], n: usize) {
 fn bench_longest_prefix(c: &mut Criterion, world: &World, plan: Plan) {
     let st = world.idx.stats();
     println!(
-        "[lookup] index: {} workers, {} entries, {} distinct blocks; request {REQ_LEN} blocks; \
-         Instant::now()+elapsed() overhead p50 {:.0?} (included in the figures below)",
+        "[lookup] index: {} workers ({} not prefix-closed), {} entries, {} distinct blocks; \
+         request {REQ_LEN} blocks; Instant::now()+elapsed() overhead p50 {:.0?} (included in \
+         the figures below)",
         world.holdings.len(),
+        st.unclosed_workers,
         st.entries,
         st.distinct_blocks,
         timer_overhead(10_000),

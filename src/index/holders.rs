@@ -4,7 +4,8 @@
 //! so the set lives inline in a `u64`: two 32-bit slots, each a worker slot (15 bits) and the
 //! number of that worker's held children of this block (16 bits). Sets of three or more
 //! workers spill into a side arena, and the `u64` then stores the arena index with the top bit
-//! set. Keeping the map's value at 16 bytes (parent + holders) is what keeps memory per entry
+//! set. Spilled lists are kept sorted by worker, so membership in a block held by a thousand
+//! workers is a binary search, not a scan. Keeping the map's value at 16 bytes (parent + holders) is what keeps memory per entry
 //! low; see `benches/core.rs` for the measured figure.
 
 /// A worker's dense slot in the index (0..=[`MAX_WORKER_SLOT`]).
@@ -112,6 +113,12 @@ impl Holders {
         }
     }
 
+    /// The holders sorted by worker when spilled; None when inline (at most two).
+    #[inline]
+    pub(crate) fn sorted(self, spill: &Spill) -> Option<&[Holder]> {
+        self.spill_index().map(|i| spill.lists[i].as_slice())
+    }
+
     pub(crate) fn len(self, spill: &Spill) -> usize {
         match self.spill_index() {
             Some(i) => spill.lists[i].len(),
@@ -138,13 +145,16 @@ impl Holders {
         f: impl FnOnce(&mut Holder),
     ) -> bool {
         match self.spill_index() {
-            Some(i) => match spill.lists[i].iter_mut().find(|h| h.worker == worker) {
-                Some(h) => {
-                    f(h);
-                    true
+            Some(i) => {
+                let list = &mut spill.lists[i];
+                match list.binary_search_by_key(&worker, |h| h.worker) {
+                    Ok(p) => {
+                        f(&mut list[p]);
+                        true
+                    }
+                    Err(_) => false,
                 }
-                None => false,
-            },
+            }
             None => {
                 let [mut a, mut b] = self.inline();
                 let hit = match (&mut a, &mut b) {
@@ -162,13 +172,18 @@ impl Holders {
     /// Adds a holder that is known not to be present.
     pub(crate) fn insert(&mut self, spill: &mut Spill, h: Holder) {
         match self.spill_index() {
-            Some(i) => spill.lists[i].push(h),
+            Some(i) => {
+                let list = &mut spill.lists[i];
+                let p = list.partition_point(|x| x.worker < h.worker);
+                list.insert(p, h);
+            }
             None => match self.inline() {
                 [None, None] => *self = Holders::from_inline(Some(h), None),
                 [Some(a), None] => *self = Holders::from_inline(Some(a), Some(h)),
                 [None, Some(b)] => *self = Holders::from_inline(Some(h), Some(b)),
                 [Some(a), Some(b)] => {
-                    let list = vec![a, b, h];
+                    let mut list = vec![a, b, h];
+                    list.sort_unstable_by_key(|x| x.worker);
                     let idx = match spill.free.pop() {
                         Some(idx) => {
                             spill.lists[idx as usize] = list;
@@ -190,8 +205,8 @@ impl Holders {
         match self.spill_index() {
             Some(i) => {
                 let list = &mut spill.lists[i];
-                let pos = list.iter().position(|h| h.worker == worker)?;
-                let removed = list.swap_remove(pos);
+                let pos = list.binary_search_by_key(&worker, |h| h.worker).ok()?;
+                let removed = list.remove(pos);
                 if list.len() <= 2 {
                     let a = list.first().copied();
                     let b = list.get(1).copied();

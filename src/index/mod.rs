@@ -123,6 +123,9 @@ pub struct IndexStats {
     pub evictions: u64,
     /// Workers whose closure counts were rebuilt by [`Index::maintain`].
     pub recounts: u64,
+    /// Workers holding a block without its parent (or with stale counts): their look-ups walk
+    /// block by block instead of galloping.
+    pub unclosed_workers: usize,
 }
 
 /// One worker's overlap with a request: it holds the first `blocks` request blocks.
@@ -135,7 +138,7 @@ pub struct Overlap {
 /// Reusable buffers for [`Index::longest_prefix`], so a lookup allocates nothing once warm.
 #[derive(Debug, Default)]
 pub struct LookupScratch {
-    mark: Vec<u64>,
+    tmp: Vec<u16>,
     exact: Vec<u16>,
     unsure: Vec<u16>,
     out: Vec<Overlap>,
@@ -524,6 +527,7 @@ impl Index {
             distinct_blocks: self.blocks.len(),
             evictions: self.evictions,
             recounts: self.recounts,
+            unclosed_workers: self.workers.iter().filter(|w| !w.closed()).count(),
         }
     }
 
@@ -564,10 +568,6 @@ impl Index {
         let Some(first) = hashes.first().and_then(|h| self.blocks.get(&h.0)) else {
             return &scratch.out;
         };
-        let words = self.workers.len().div_ceil(64);
-        if scratch.mark.len() < words {
-            scratch.mark.resize(words, 0);
-        }
         first.holders.for_each(&self.spill, |h| {
             if self.workers[h.worker as usize].closed() {
                 scratch.exact.push(h.worker);
@@ -575,10 +575,19 @@ impl Index {
                 scratch.unsure.push(h.worker);
             }
         });
+        // Sets stay sorted by worker from here on (partitions are stable), which is what lets
+        // each probe intersect them with the sorted holder lists by galloping.
+        // (Spilled holder lists are already sorted; only an inline pair may need a swap.)
+        if !scratch.exact.is_sorted() {
+            scratch.exact.sort_unstable();
+        }
+        if !scratch.unsure.is_sorted() {
+            scratch.unsure.sort_unstable();
+        }
         let n = hashes.len();
         // Exact workers: gallop 1, 2, 4, ... then bisect where each worker drops out.
         let LookupScratch {
-            mark,
+            tmp,
             exact,
             unsure,
             out,
@@ -589,12 +598,12 @@ impl Index {
         while !live.is_empty() {
             let probe = lo + step;
             if probe >= n {
-                self.bisect(hashes, lo, n, live, mark, out);
+                self.bisect(hashes, lo, n, live, tmp, out);
                 break;
             }
-            let split = self.partition_by_holding(hashes[probe], live, mark);
+            let split = self.partition_by_holding(hashes[probe], live, tmp);
             let (gone, kept) = live.split_at_mut(split);
-            self.bisect(hashes, lo, probe, gone, mark, out);
+            self.bisect(hashes, lo, probe, gone, tmp, out);
             live = kept;
             lo = probe;
             step *= 2;
@@ -604,7 +613,7 @@ impl Index {
         let mut i = 1;
         while live_len > 0 {
             let split = if i < n {
-                self.partition_by_holding(hashes[i], &mut unsure[..live_len], mark)
+                self.partition_by_holding(hashes[i], &mut unsure[..live_len], tmp)
             } else {
                 live_len
             };
@@ -622,21 +631,48 @@ impl Index {
         out
     }
 
-    /// Reorders `set` so workers *not* holding `b` come first; returns how many those are.
-    fn partition_by_holding(&self, b: BlockHash, set: &mut [u16], mark: &mut [u64]) -> usize {
+    /// Stably reorders the sorted `set` so workers *not* holding `b` come first (both halves
+    /// stay sorted); returns how many those are. Against a spilled (sorted) holder list this
+    /// is a galloping merge: O(s log(h/s)) for s candidates and h holders, so a few candidates
+    /// deep in a bisection never pay for a block held by a thousand workers.
+    fn partition_by_holding(&self, b: BlockHash, set: &mut [u16], tmp: &mut Vec<u16>) -> usize {
         let Some(rec) = self.blocks.get(&b.0) else {
             return set.len();
         };
         let holders = rec.holders;
-        if set.len() <= 2 && holders.len(&self.spill) <= 4 {
-            // Tiny sets: direct membership beats the bitmap round trip.
-            return partition_in_place(set, |w| holders.get(&self.spill, w).is_none());
+        tmp.clear();
+        let mut split = 0;
+        match holders.sorted(&self.spill) {
+            None => {
+                for i in 0..set.len() {
+                    let w = set[i];
+                    if holders.get(&self.spill, w).is_some() {
+                        tmp.push(w);
+                    } else {
+                        set[split] = w;
+                        split += 1;
+                    }
+                }
+            }
+            Some(list) => {
+                let mut pos = 0;
+                for i in 0..set.len() {
+                    let w = set[i];
+                    // Nested sets (the usual case) advance in step; gallop only over gaps.
+                    if list.get(pos).is_some_and(|h| h.worker < w) {
+                        pos += gallop(&list[pos..], w);
+                    }
+                    if list.get(pos).is_some_and(|h| h.worker == w) {
+                        pos += 1;
+                        tmp.push(w);
+                    } else {
+                        set[split] = w;
+                        split += 1;
+                    }
+                }
+            }
         }
-        holders.for_each(&self.spill, |h| {
-            mark[h.worker as usize / 64] |= 1 << (h.worker % 64)
-        });
-        let split = partition_in_place(set, |w| mark[w as usize / 64] & (1 << (w % 64)) == 0);
-        holders.for_each(&self.spill, |h| mark[h.worker as usize / 64] = 0);
+        set[split..].copy_from_slice(tmp);
         split
     }
 
@@ -648,7 +684,7 @@ impl Index {
         lo: usize,
         hi: usize,
         set: &mut [u16],
-        mark: &mut [u64],
+        tmp: &mut Vec<u16>,
         out: &mut Vec<Overlap>,
     ) {
         if set.is_empty() {
@@ -664,23 +700,24 @@ impl Index {
             return;
         }
         let mid = lo + (hi - lo) / 2;
-        let split = self.partition_by_holding(hashes[mid], set, mark);
+        let split = self.partition_by_holding(hashes[mid], set, tmp);
         let (gone, kept) = set.split_at_mut(split);
-        self.bisect(hashes, lo, mid, gone, mark, out);
-        self.bisect(hashes, mid, hi, kept, mark, out);
+        self.bisect(hashes, lo, mid, gone, tmp, out);
+        self.bisect(hashes, mid, hi, kept, tmp, out);
     }
 }
 
-/// Moves elements satisfying `first` to the front; returns their count.
-fn partition_in_place(set: &mut [u16], mut first: impl FnMut(u16) -> bool) -> usize {
-    let mut split = 0;
-    for i in 0..set.len() {
-        if first(set[i]) {
-            set.swap(split, i);
-            split += 1;
-        }
+/// Index of the first holder with `worker >= w` in the sorted `list`, found by exponential
+/// then binary search from the front (cheap when the answer is near the front).
+#[inline]
+fn gallop(list: &[holders::Holder], w: u16) -> usize {
+    let mut hi = 1;
+    while hi < list.len() && list[hi - 1].worker < w {
+        hi *= 2;
     }
-    split
+    let lo = hi / 2;
+    let hi = hi.min(list.len());
+    lo + list[lo..hi].partition_point(|h| h.worker < w)
 }
 
 #[cfg(test)]
