@@ -119,6 +119,7 @@ impl Holders {
         self.spill_index().map(|i| spill.lists[i].as_slice())
     }
 
+    #[cfg(test)]
     pub(crate) fn len(self, spill: &Spill) -> usize {
         match self.spill_index() {
             Some(i) => spill.lists[i].len(),
