@@ -190,9 +190,13 @@ impl BusError {
     }
 }
 
-/// Reconnect delay: exponential from 100 ms, capped at 5 s, forever.
+/// Reconnect delay for the `attempt`-th try: none for the first (async-nats asks before its
+/// very first connection attempt too), then exponential from 100 ms, capped at 5 s, forever.
 fn backoff(attempt: usize) -> Duration {
-    let ms = 100u64.saturating_mul(1u64 << attempt.min(6));
+    if attempt <= 1 {
+        return Duration::ZERO;
+    }
+    let ms = 100u64.saturating_mul(1u64 << (attempt - 2).min(6));
     Duration::from_millis(ms.min(5_000))
 }
 
@@ -360,7 +364,8 @@ mod tests {
         assert!(a.validate().is_ok());
         a.prefix = "a.b".into();
         assert!(a.validate().is_err());
-        assert_eq!(backoff(0), Duration::from_millis(100));
+        assert_eq!(backoff(1), Duration::ZERO);
+        assert_eq!(backoff(2), Duration::from_millis(100));
         assert_eq!(backoff(100), Duration::from_secs(5));
     }
 }

@@ -8,7 +8,8 @@
 //!   keys are already uniform xxh3 values). `holders` packs the set of workers and, per worker,
 //!   how many children of this block that worker holds (see [`holders`]).
 //! - `workers[w].blocks`: the reverse index, so clearing, purging or replacing a worker costs
-//!   time proportional to that worker's blocks only.
+//!   time proportional to that worker's blocks only. It is an append-only log checked against
+//!   the forward map ([`block_log`]), so a block event costs one random memory access, not two.
 //!
 //! **Longest prefix.** A worker's overlap with a request is the number of leading request
 //! blocks it holds. Engines evict leaves first, so a worker that holds block `k` almost always
@@ -25,6 +26,7 @@
 //! Evicted blocks stay in the worker's digest accounting, so anti-entropy compares what the
 //! worker *reported*, not what we chose to keep.
 
+mod block_log;
 mod block_set;
 mod digest;
 mod holders;
@@ -35,10 +37,11 @@ pub use digest::{digest_term, Digest};
 pub use holders::{WorkerIdx, MAX_WORKER_SLOT};
 pub use speculative::Speculation;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::protocol::{BlockHash, Body};
+use block_log::BlockLog;
 use holders::{Holder, Holders, Spill};
 
 /// Parent value meaning "a chain root" (a real hash of 0 only loses closure precision).
@@ -76,7 +79,7 @@ struct BlockRec {
 
 #[derive(Debug, Default)]
 struct WorkerState {
-    blocks: HashSet<u64, IdBuild>,
+    blocks: BlockLog,
     /// Held blocks whose parent this worker does not hold (exact unless `stale`).
     orphans: u32,
     /// For each parent this worker lacks, how many of its held children are orphans. Sized by
@@ -247,13 +250,13 @@ impl Index {
 
     fn drop_worker_blocks(&mut self, w: WorkerIdx) {
         let ws = &mut self.workers[w.get()];
-        let blocks = std::mem::take(&mut ws.blocks);
+        self.entries -= ws.blocks.live();
+        let blocks = ws.blocks.take();
         ws.orphans = 0;
         ws.orphan_parents = HashMap::default();
         ws.stale = false;
         ws.digest = Digest::default();
         ws.evicted = 0;
-        self.entries -= blocks.len();
         let slot = w.get() as u16;
         for b in blocks {
             if let Some(rec) = self.blocks.get_mut(&b) {
@@ -288,8 +291,12 @@ impl Index {
         let parent = rec.parent;
         self.entries += 1;
         let ws = &mut self.workers[w.get()];
-        ws.blocks.insert(b);
+        ws.blocks.push(b);
         ws.digest.add(b);
+        if ws.blocks.wants_compaction() {
+            self.compact_log(w);
+        }
+        let ws = &mut self.workers[w.get()];
         if !track {
             return;
         }
@@ -353,7 +360,7 @@ impl Index {
         }
         self.entries -= 1;
         let ws = &mut self.workers[w.get()];
-        ws.blocks.remove(&b);
+        ws.blocks.note_removed();
         if report {
             ws.digest.remove(b);
         }
@@ -383,11 +390,23 @@ impl Index {
         true
     }
 
+    /// Drops `w`'s stale and duplicate log entries.
+    fn compact_log(&mut self, w: WorkerIdx) {
+        let slot = w.get() as u16;
+        let (blocks, spill) = (&self.blocks, &self.spill);
+        self.workers[w.get()].blocks.compact(|b| {
+            blocks
+                .get(&b)
+                .is_some_and(|r| r.holders.get(spill, slot).is_some())
+        });
+    }
+
     /// Rebuilds `w`'s child counts and orphan count from scratch: O(w's blocks).
     fn recount(&mut self, w: WorkerIdx) {
         let slot = w.get() as u16;
+        self.compact_log(w);
         let ws = &mut self.workers[w.get()];
-        let held = std::mem::take(&mut ws.blocks);
+        let held = ws.blocks.raw().to_vec();
         for b in &held {
             if let Some(rec) = self.blocks.get_mut(b) {
                 rec.holders
@@ -401,19 +420,17 @@ impl Index {
             if parent == NO_PARENT {
                 continue;
             }
-            let held_parent = held.contains(&parent)
-                && self.blocks.get_mut(&parent).is_some_and(|p| {
-                    p.holders.update(&mut self.spill, slot, |h| {
-                        h.children = h.children.saturating_add(1)
-                    })
-                });
+            let held_parent = self.blocks.get_mut(&parent).is_some_and(|p| {
+                p.holders.update(&mut self.spill, slot, |h| {
+                    h.children = h.children.saturating_add(1)
+                })
+            });
             if !held_parent {
                 orphans += 1;
                 *orphan_parents.entry(parent).or_insert(0) += 1;
             }
         }
         let ws = &mut self.workers[w.get()];
-        ws.blocks = held;
         ws.orphans = orphans;
         ws.orphan_parents = orphan_parents;
         ws.stale = false;
@@ -442,16 +459,17 @@ impl Index {
                 .workers
                 .iter()
                 .enumerate()
-                .max_by_key(|(_, ws)| ws.blocks.len())
+                .max_by_key(|(_, ws)| ws.blocks.live())
             else {
                 return;
             };
             let w = WorkerIdx::new(wi as u32).expect("existing slot");
             let slot = wi as u16;
-            let want = (self.entries - target).min(self.workers[wi].blocks.len());
+            let want = (self.entries - target).min(self.workers[wi].blocks.live());
             // Leaves first: evicting an interior block would strand its children.
             let mut victims: Vec<u64> = self.workers[wi]
                 .blocks
+                .raw()
                 .iter()
                 .copied()
                 .filter(|b| {
@@ -464,7 +482,7 @@ impl Index {
                 .collect();
             if victims.is_empty() {
                 // Only possible with stale counts; take anything rather than loop forever.
-                victims = self.workers[wi].blocks.iter().copied().take(want).collect();
+                victims = self.worker_block_iter(w).map(|b| b.0).take(want).collect();
             }
             for b in victims {
                 if self.remove_entry(w, b, false) {
@@ -496,14 +514,30 @@ impl Index {
 
     /// Resident blocks of `w`.
     pub fn worker_blocks(&self, w: WorkerIdx) -> usize {
-        self.worker(w).map_or(0, |ws| ws.blocks.len())
+        self.worker(w).map_or(0, |ws| ws.blocks.live())
     }
 
-    /// Iterates `w`'s resident blocks (arbitrary order).
+    /// `w`'s resident blocks, each once (arbitrary order). Off the hot path: it filters the
+    /// worker's log against the forward map.
     pub fn worker_block_iter(&self, w: WorkerIdx) -> impl Iterator<Item = BlockHash> + '_ {
-        self.worker(w)
-            .into_iter()
-            .flat_map(|ws| ws.blocks.iter().map(|&b| BlockHash(b)))
+        let slot = w.get() as u16;
+        let mut v: Vec<u64> = self.worker(w).map_or_else(Vec::new, |ws| {
+            ws.blocks
+                .raw()
+                .iter()
+                .copied()
+                .filter(|b| {
+                    self.blocks
+                        .get(b)
+                        .is_some_and(|r| r.holders.get(&self.spill, slot).is_some())
+                })
+                .collect()
+        });
+        if v.len() > self.worker_blocks(w) {
+            v.sort_unstable();
+            v.dedup();
+        }
+        v.into_iter().map(BlockHash)
     }
 
     /// `w`'s resident blocks with their parents (what a snapshot stores).
@@ -550,7 +584,7 @@ impl Index {
             + self
                 .workers
                 .iter()
-                .map(|ws| bucket(ws.blocks.capacity(), 8))
+                .map(|ws| ws.blocks.capacity_bytes())
                 .sum::<usize>()
             + self.workers.capacity() * std::mem::size_of::<WorkerState>()
     }

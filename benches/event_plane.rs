@@ -1,0 +1,784 @@
+//! End-to-end benchmarks of the event plane through a real `nats-server` with JetStream
+//! (`cargo bench --bench event_plane`). No criterion: each phase is one bounded run whose
+//! figures are printed (`[ingest]`, `[recovery]` lines).
+//!
+//! - **ingest**: one router (`ingest::start`) and 100 publishers (`w000`..`w099`, one
+//!   [`Publisher`] each) publishing at full speed: Stored chains of 16 blocks (a new root chain
+//!   or the extension of a held chain) and, once a worker holds 512 blocks, Removed of 16 leaves,
+//!   so the index stays bounded. Each worker publishes serially (every publish awaits its
+//!   JetStream ack, as a reporter does) and all 100 workers publish concurrently. The 100
+//!   publishers share one NATS connection (`CACHE_ROUTER_BENCH_CLIENTS=N` for N, round-robin):
+//!   on 2 cores shared by nats-server, the router and the publishers, that leaves the most CPU
+//!   to the first two (one sweep: ~68 k msgs/s on 1 connection, ~59 k on 4, ~42 k on 100, where
+//!   100 connection tasks each flush per message). In production each reporter has its own
+//!   connection on its own machine, so its cost is not the router's. 2 M block events in
+//!   125 k messages by default (`CACHE_ROUTER_BENCH_INGEST_EVENTS=N`). Printed: block events and
+//!   messages applied by the router per second, from the first publish to
+//!   `wait_applied(last stream seq)`; publisher-side ack throughput and ack latency; a sampled
+//!   publish→applied latency. Then the router's view of several workers is checked against
+//!   each publisher's ground truth.
+//! - **recovery**: ~1 M resident blocks (100 workers, Stored chains of 64 blocks) applied by
+//!   router A, which is shut down (writing its final snapshot to the object store); then a
+//!   10 k-message tail (Stored/Removed of 16 blocks) is published while no router runs, and
+//!   router B is started on a fresh client: the time from calling `ingest::start` to
+//!   `wait_ready()` is the recovery time (target: <= 1 s). B's index is checked against the
+//!   ground truth. The breakdown times, on the same snapshot, the first connection of a fresh
+//!   client (`bus::connect` returns at once with `retry_on_initial_connect`; the connection is
+//!   made in the background after the reconnect delay for attempt 1, so the first request
+//!   waits for it), the infrastructure look-up, fetching the object, decoding it and
+//!   `Fleet::restore`; the rest of the recovery time is the tail replay (plus the stream-info
+//!   call and task start-up).
+//!
+//! Under `cargo test --all-targets` (no `--bench` argument), with `--test`, or with
+//! `CACHE_ROUTER_BENCH_SMALL=1`, every size is shrunk (5 publishers, 2 k block events, 10 k
+//! resident blocks) so the run takes seconds in a debug build; the correctness checks stay.
+//! Every server binds 127.0.0.1 on a port it picks; every loop is bounded in count and time.
+
+#[allow(dead_code)]
+#[path = "../tests/common/nats.rs"]
+mod nats;
+
+use std::time::{Duration, Instant};
+
+use async_nats::Client;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::io::AsyncReadExt;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use cache_router::bus::ingest::{self, EventPlane, FleetHandle, IngestConfig};
+use cache_router::bus::publisher::Publisher;
+use cache_router::bus::{self, snapshot, NatsArgs, StreamArgs, Subjects};
+use cache_router::fleet::{Fleet, FleetConfig, Snapshot};
+use cache_router::protocol::{BlockHash, Body, WorkerId};
+use nats::NatsServer;
+
+/// One in this many publishes per worker is followed to the router (publish→applied latency).
+const PROBE_EVERY: usize = 8;
+/// Grace for the event plane's tasks on shutdown.
+const GRACE: Duration = Duration::from_secs(10);
+/// Timeout of one publish ack.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Repetitions of each step of the recovery breakdown (the median is printed).
+const BREAKDOWN_REPS: usize = 3;
+
+/// A positive integer from the environment.
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+}
+
+/// Sizes of the run.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    small: bool,
+    /// NATS connections the publishers share (round-robin).
+    clients: usize,
+    ingest_workers: usize,
+    ingest_block_events: usize,
+    ingest_chain: usize,
+    /// Most blocks one worker holds during ingest.
+    ingest_cap: usize,
+    rec_workers: usize,
+    rec_resident: usize,
+    rec_chain: usize,
+    rec_tail_msgs: usize,
+    tail_chain: usize,
+    /// Workers whose router view is compared block by block with the ground truth.
+    check_workers: usize,
+    /// Upper bound on each phase.
+    phase_limit: Duration,
+}
+
+impl Plan {
+    fn from_env() -> Plan {
+        let args: Vec<String> = std::env::args().collect();
+        let has = |flag: &str| args.iter().any(|a| a == flag);
+        let env_small =
+            std::env::var("CACHE_ROUTER_BENCH_SMALL").is_ok_and(|v| !v.is_empty() && v != "0");
+        let small = env_small || has("--test") || has("--list") || !has("--bench");
+        let clients = env_usize("CACHE_ROUTER_BENCH_CLIENTS");
+        if small {
+            Plan {
+                small,
+                clients: clients.unwrap_or(2),
+                ingest_workers: 5,
+                ingest_block_events: 2_000,
+                ingest_chain: 16,
+                ingest_cap: 128,
+                rec_workers: 5,
+                rec_resident: 10_000,
+                rec_chain: 64,
+                rec_tail_msgs: 200,
+                tail_chain: 16,
+                check_workers: 5,
+                phase_limit: Duration::from_secs(120),
+            }
+        } else {
+            Plan {
+                small,
+                clients: clients.unwrap_or(1),
+                ingest_workers: 100,
+                ingest_block_events: env_usize("CACHE_ROUTER_BENCH_INGEST_EVENTS")
+                    .unwrap_or(2_000_000),
+                ingest_chain: 16,
+                ingest_cap: 512,
+                rec_workers: 100,
+                rec_resident: 1_000_000,
+                rec_chain: 64,
+                rec_tail_msgs: 10_000,
+                tail_chain: 16,
+                check_workers: 10,
+                phase_limit: Duration::from_secs(300),
+            }
+        }
+    }
+}
+
+/// A worker's cache as chains (paths from a root): Stored appends a chain (a new root or an
+/// extension of a held chain's leaf); Removed takes leaves off a chain's end, so every held
+/// block's parent stays held.
+#[derive(Debug)]
+struct Chains {
+    rng: StdRng,
+    chains: Vec<Vec<u64>>,
+    held: usize,
+    /// Blocks per event.
+    len: usize,
+    /// Past this many held blocks, the next event is a Removed.
+    cap: usize,
+}
+
+impl Chains {
+    fn new(seed: u64) -> Chains {
+        Chains {
+            rng: StdRng::seed_from_u64(seed),
+            chains: Vec::new(),
+            held: 0,
+            len: 16,
+            cap: usize::MAX,
+        }
+    }
+
+    fn next_event(&mut self) -> Body {
+        if self.held + self.len > self.cap && !self.chains.is_empty() {
+            let i = self.rng.random_range(0..self.chains.len());
+            let chain = &mut self.chains[i];
+            let k = self.len.min(chain.len());
+            let blocks: Vec<BlockHash> =
+                (0..k).filter_map(|_| chain.pop()).map(BlockHash).collect();
+            if chain.is_empty() {
+                self.chains.swap_remove(i);
+            }
+            self.held -= blocks.len();
+            return Body::Removed { blocks };
+        }
+        let new: Vec<u64> = (0..self.len).map(|_| self.rng.random()).collect();
+        let blocks = new.iter().copied().map(BlockHash).collect();
+        self.held += new.len();
+        if !self.chains.is_empty() && self.rng.random_bool(0.5) {
+            let i = self.rng.random_range(0..self.chains.len());
+            let chain = &mut self.chains[i];
+            let parent = chain.last().copied().map(BlockHash);
+            chain.extend(new);
+            Body::Stored { blocks, parent }
+        } else {
+            self.chains.push(new);
+            Body::Stored {
+                blocks,
+                parent: None,
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Worker {
+    id: WorkerId,
+    publisher: Publisher,
+    chains: Chains,
+}
+
+async fn connect(url: &str, name: &str) -> Client {
+    bus::connect(&NatsArgs::for_url(url), name)
+        .await
+        .unwrap_or_else(|e| panic!("connect {name} to {url}: {e}"))
+}
+
+/// `n` workers `w000`.. sharing `clients` connections; the event stream is created first.
+async fn make_workers(url: &str, n: usize, clients: usize, seed: u64) -> Vec<Worker> {
+    let mut conns = Vec::new();
+    for i in 0..clients.min(n).max(1) {
+        conns.push(connect(url, &format!("bench-publishers-{i}")).await);
+    }
+    bus::ensure_infra(&conns[0], &Subjects::new("kvr"), &StreamArgs::default())
+        .await
+        .expect("create the event stream");
+    (0..n)
+        .map(|i| {
+            let id = WorkerId(format!("w{i:03}"));
+            let publisher = Publisher::new(
+                conns[i % conns.len()].clone(),
+                Subjects::new("kvr"),
+                id.clone(),
+                1,
+                ACK_TIMEOUT,
+            )
+            .expect("valid worker id");
+            Worker {
+                id,
+                publisher,
+                chains: Chains::new(seed.wrapping_mul(1_000_003).wrapping_add(i as u64)),
+            }
+        })
+        .collect()
+}
+
+/// What one publishing run did.
+#[derive(Debug, Default)]
+struct Run {
+    msgs: u64,
+    block_events: u64,
+    stored_msgs: u64,
+    last_stream_seq: u64,
+    /// Per publish: call → JetStream ack, in microseconds.
+    ack_us: Vec<u64>,
+    /// Sampled: publish call → applied by the router (or acked, if that came later).
+    e2e_us: Vec<u64>,
+    /// When the first publish was allowed to start.
+    t0: Option<Instant>,
+    /// First publish → last ack.
+    publish_elapsed: Duration,
+    /// Whether the deadline cut the run short.
+    cut_short: bool,
+}
+
+/// Every worker publishes `per_worker` events serially (each awaits its ack), all workers
+/// concurrently, starting together. With `probe`, one in `PROBE_EVERY` publishes is followed
+/// until the router applied it.
+async fn publish_all(
+    workers: Vec<Worker>,
+    per_worker: usize,
+    probe: Option<FleetHandle>,
+    deadline: Instant,
+) -> (Vec<Worker>, Run) {
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(workers.len() + 1));
+    type Done = (Worker, Run, Vec<JoinHandle<u64>>);
+    let tasks: Vec<JoinHandle<Done>> = workers
+        .into_iter()
+        .map(|mut w| {
+            let start = start.clone();
+            let probe = probe.clone();
+            tokio::spawn(async move {
+                let mut run = Run {
+                    ack_us: Vec::with_capacity(per_worker),
+                    ..Run::default()
+                };
+                let mut probes = Vec::new();
+                start.wait().await;
+                for i in 0..per_worker {
+                    if Instant::now() >= deadline {
+                        run.cut_short = true;
+                        break;
+                    }
+                    let body = w.chains.next_event();
+                    let (blocks, stored) = match &body {
+                        Body::Stored { blocks, .. } => (blocks.len(), true),
+                        Body::Removed { blocks } => (blocks.len(), false),
+                        _ => (1, false),
+                    };
+                    let t = Instant::now();
+                    let receipt = w
+                        .publisher
+                        .publish(body)
+                        .await
+                        .unwrap_or_else(|e| panic!("{} publish: {e}", w.id));
+                    run.ack_us.push(t.elapsed().as_micros() as u64);
+                    let seq = receipt.stream_seq.expect("nothing is deliberately lost");
+                    run.msgs += 1;
+                    run.block_events += blocks as u64;
+                    run.stored_msgs += u64::from(stored);
+                    run.last_stream_seq = run.last_stream_seq.max(seq);
+                    if let Some(h) = probe.as_ref().filter(|_| i % PROBE_EVERY == 0) {
+                        let h = h.clone();
+                        probes.push(tokio::spawn(async move {
+                            h.wait_applied(seq).await;
+                            t.elapsed().as_micros() as u64
+                        }));
+                    }
+                }
+                (w, run, probes)
+            })
+        })
+        .collect();
+    start.wait().await;
+    let t0 = Instant::now();
+    let mut total = Run {
+        t0: Some(t0),
+        ..Run::default()
+    };
+    let mut workers = Vec::new();
+    let mut probes = Vec::new();
+    for t in tasks {
+        let (w, run, p) = t.await.expect("publisher task");
+        total.msgs += run.msgs;
+        total.block_events += run.block_events;
+        total.stored_msgs += run.stored_msgs;
+        total.last_stream_seq = total.last_stream_seq.max(run.last_stream_seq);
+        total.ack_us.extend(run.ack_us);
+        total.cut_short |= run.cut_short;
+        workers.push(w);
+        probes.extend(p);
+    }
+    total.publish_elapsed = t0.elapsed();
+    let left = deadline.saturating_duration_since(Instant::now());
+    for p in probes {
+        match tokio::time::timeout(left, p).await {
+            Ok(Ok(us)) => total.e2e_us.push(us),
+            _ => break,
+        }
+    }
+    (workers, total)
+}
+
+fn percentiles(v: &mut [u64]) -> String {
+    if v.is_empty() {
+        return "n/a".into();
+    }
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (n={})",
+        at(0.5),
+        at(0.99),
+        at(1.0),
+        v.len()
+    )
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn start_router(url: &str, name: &str) -> (EventPlane, CancellationToken) {
+    let client = connect(url, name).await;
+    let token = CancellationToken::new();
+    let plane = ingest::start(
+        client,
+        IngestConfig::new(NatsArgs::for_url(url)),
+        token.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("start router {name}: {e}"));
+    (plane, token)
+}
+
+async fn within<T>(limit: Duration, what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not done within {limit:?}"))
+}
+
+/// The router's view of `w` equals the publisher's mirror; returns the worker's block count.
+async fn check_worker(h: &FleetHandle, w: &Worker) -> usize {
+    let truth = w.publisher.ground_truth().await.2.sorted_blocks();
+    let id = w.id.clone();
+    let view = h
+        .query(move |f| f.worker_blocks(&id))
+        .await
+        .expect("router running");
+    assert_eq!(
+        view.len(),
+        truth.len(),
+        "{}: router holds {} blocks, the worker {}",
+        w.id,
+        view.len(),
+        truth.len()
+    );
+    assert!(
+        view == truth,
+        "{}: router view differs from the worker",
+        w.id
+    );
+    truth.len()
+}
+
+/// Total resident blocks over all workers' mirrors.
+async fn truth_total(workers: &[Worker]) -> usize {
+    let mut n = 0;
+    for w in workers {
+        n += w.publisher.ground_truth().await.2.len();
+    }
+    n
+}
+
+/// Checks `checks` workers spread over the fleet, the index's entry count and the counters.
+async fn check_router(h: &FleetHandle, workers: &[Worker], checks: usize) -> usize {
+    let step = (workers.len() / checks.max(1)).max(1);
+    let mut checked = 0;
+    for w in workers.iter().step_by(step).take(checks) {
+        check_worker(h, w).await;
+        checked += 1;
+    }
+    let entries = h
+        .query(|f| f.index().stats().entries)
+        .await
+        .expect("router running");
+    let truth = truth_total(workers).await;
+    assert_eq!(entries, truth, "index entries vs ground truth total");
+    let c = h
+        .query(|f| f.counters().clone())
+        .await
+        .expect("router running");
+    assert_eq!(c.resyncs_total(), 0, "no resync expected: {c:?}");
+    assert_eq!(c.duplicates, 0, "{c:?}");
+    assert_eq!(c.no_slot, 0, "{c:?}");
+    checked
+}
+
+async fn ingest_phase(plan: Plan) {
+    let deadline = Instant::now() + plan.phase_limit;
+    let server = NatsServer::start();
+    let url = server.url();
+    let (plane, _token) = start_router(&url, "bench-router").await;
+    let h = plane.handle();
+    within(plan.phase_limit, "empty router ready", h.wait_ready()).await;
+
+    let mut workers = make_workers(&url, plan.ingest_workers, plan.clients, 1).await;
+    for w in &mut workers {
+        w.chains.len = plan.ingest_chain;
+        w.chains.cap = plan.ingest_cap;
+    }
+    let per_worker = plan
+        .ingest_block_events
+        .div_ceil(plan.ingest_chain * plan.ingest_workers);
+    println!(
+        "[ingest] {} publishers on {} NATS connection(s), {} events each of {} blocks \
+         (Stored chains / Removed leaves, <= {} held blocks per worker), each publish awaits \
+         its ack, all workers concurrently",
+        plan.ingest_workers,
+        plan.clients.min(plan.ingest_workers),
+        per_worker,
+        plan.ingest_chain,
+        plan.ingest_cap
+    );
+    let (workers, run) = publish_all(workers, per_worker, Some(h.clone()), deadline).await;
+    let t0 = run.t0.expect("started");
+    within(
+        deadline.saturating_duration_since(Instant::now()),
+        "router applies the last event",
+        h.wait_applied(run.last_stream_seq),
+    )
+    .await;
+    let e2e = t0.elapsed();
+    let c = h
+        .query(|f| f.counters().clone())
+        .await
+        .expect("router running");
+    let stats = h
+        .query(|f| f.index().stats())
+        .await
+        .expect("router running");
+    assert_eq!(c.applied, run.msgs, "messages applied vs published: {c:?}");
+    assert_eq!(c.block_events, run.block_events, "block events: {c:?}");
+    if run.cut_short {
+        println!("[ingest] WARNING: the time bound cut publishing short");
+    }
+    println!(
+        "[ingest] router: {} block events in {} messages ({} Stored, {} Removed) applied in \
+         {:.0} ms (first publish → wait_applied(seq {})): {:.0} block events/s, {:.0} msgs/s",
+        c.block_events,
+        c.applied,
+        run.stored_msgs,
+        run.msgs - run.stored_msgs,
+        ms(e2e),
+        run.last_stream_seq,
+        rate(c.block_events, e2e),
+        rate(c.applied, e2e)
+    );
+    println!(
+        "[ingest] publishers: {} acks in {:.0} ms: {:.0} acks/s ({:.0} block events/s); \
+         router caught up {:.1} ms after the last ack",
+        run.msgs,
+        ms(run.publish_elapsed),
+        rate(run.msgs, run.publish_elapsed),
+        rate(run.block_events, run.publish_elapsed),
+        ms(e2e.saturating_sub(run.publish_elapsed))
+    );
+    let (mut acks, mut e2es) = (run.ack_us, run.e2e_us);
+    println!("[ingest] ack latency: {}", percentiles(&mut acks));
+    println!(
+        "[ingest] publish → applied by the router (1 in {PROBE_EVERY} sampled, >= its ack): {}",
+        percentiles(&mut e2es)
+    );
+    let checked = check_router(&h, &workers, plan.check_workers).await;
+    println!(
+        "[ingest] correct: {checked} workers' router views equal their ground truth; index \
+         entries {} = ground truth total, distinct blocks {}, no resync or duplicate",
+        stats.entries, stats.distinct_blocks
+    );
+    within(plan.phase_limit, "router shutdown", plane.shutdown(GRACE)).await;
+    drop(server);
+}
+
+/// Median of `reps` timings of `f`, and its last result.
+async fn median_of<T, F, Fut>(reps: usize, mut f: F) -> (Duration, T)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let mut times = Vec::new();
+    let mut last = None;
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        let r = f().await;
+        times.push(t.elapsed());
+        last = Some(r);
+    }
+    times.sort_unstable();
+    (times[times.len() / 2], last.expect("at least one rep"))
+}
+
+async fn recovery_phase(plan: Plan) {
+    let deadline = Instant::now() + plan.phase_limit;
+    let server = NatsServer::start();
+    let url = server.url();
+    let mut workers = make_workers(&url, plan.rec_workers, plan.clients, 2).await;
+    let per_worker = plan
+        .rec_resident
+        .div_ceil(plan.rec_chain * plan.rec_workers);
+    for w in &mut workers {
+        w.chains.len = plan.rec_chain;
+        w.chains.cap = per_worker * plan.rec_chain;
+    }
+
+    // Router A applies the resident set, then stops, writing its final snapshot.
+    let (plane_a, _ta) = start_router(&url, "bench-router-a").await;
+    let ha = plane_a.handle();
+    let (mut workers, build) = publish_all(workers, per_worker, None, deadline).await;
+    assert!(
+        !build.cut_short,
+        "the time bound cut the resident build short"
+    );
+    within(
+        deadline.saturating_duration_since(Instant::now()),
+        "router A applies the resident set",
+        ha.wait_applied(build.last_stream_seq),
+    )
+    .await;
+    let built = build.t0.expect("started").elapsed();
+    let checked_a = check_router(&ha, &workers, plan.check_workers).await;
+    let resident_total = truth_total(&workers).await;
+    println!(
+        "[recovery] built: {} workers × {} Stored events of {} blocks = {} resident blocks, \
+         applied by router A {:.0} ms after the first publish ({:.0} acks/s); {} workers \
+         checked",
+        plan.rec_workers,
+        per_worker,
+        plan.rec_chain,
+        resident_total,
+        ms(built),
+        rate(build.msgs, build.publish_elapsed),
+        checked_a
+    );
+    let t = Instant::now();
+    within(
+        plan.phase_limit,
+        "router A shutdown",
+        plane_a.shutdown(GRACE),
+    )
+    .await;
+    let ma = ha.metrics().snapshot();
+    assert!(ma.snapshots_written >= 1, "no snapshot written: {ma:?}");
+    assert!(ma.snapshot_bytes > 0, "{ma:?}");
+    println!(
+        "[recovery] router A shut down in {:.0} ms: snapshots_written {}, final snapshot {} \
+         bytes ({:.1} MB, {:.1} bytes per resident block)",
+        ms(t.elapsed()),
+        ma.snapshots_written,
+        ma.snapshot_bytes,
+        ma.snapshot_bytes as f64 / 1e6,
+        ma.snapshot_bytes as f64 / resident_total.max(1) as f64
+    );
+
+    // The tail, published while no router runs.
+    for w in &mut workers {
+        w.chains.len = plan.tail_chain;
+        w.chains.cap = w.chains.held;
+    }
+    let tail_per_worker = plan.rec_tail_msgs.div_ceil(plan.rec_workers);
+    let (workers, tail) = publish_all(workers, tail_per_worker, None, deadline).await;
+    assert!(!tail.cut_short, "the time bound cut the tail short");
+    println!(
+        "[recovery] tail: {} messages ({} Stored, {} Removed, {} block events) published in \
+         {:.0} ms with no router running",
+        tail.msgs,
+        tail.stored_msgs,
+        tail.msgs - tail.stored_msgs,
+        tail.block_events,
+        ms(tail.publish_elapsed)
+    );
+
+    // Router B: a fresh client, then start → ready.
+    let t = Instant::now();
+    let client = connect(&url, "bench-router-b").await;
+    let connect_time = t.elapsed();
+    let token = CancellationToken::new();
+    let t = Instant::now();
+    let plane_b = ingest::start(
+        client,
+        IngestConfig::new(NatsArgs::for_url(&url)),
+        token.clone(),
+    )
+    .await
+    .expect("start router B");
+    let start_returned = t.elapsed();
+    let hb = plane_b.handle();
+    within(plan.phase_limit, "router B ready", hb.wait_ready()).await;
+    let ready = t.elapsed();
+    let mb = hb.metrics().snapshot();
+    assert!(hb.applied_stream_seq() >= tail.last_stream_seq);
+    assert_eq!(mb.replayed, tail.msgs, "only the tail is replayed: {mb:?}");
+    let checked = check_router(&hb, &workers, plan.check_workers).await;
+    let verdict = if ready <= Duration::from_secs(1) {
+        "within"
+    } else {
+        "OVER"
+    };
+    println!(
+        "[recovery] router B: start → ready {:.0} ms ({verdict} the 1 s target; ingest::start \
+         returned after {:.0} ms; connect before it {:.1} ms); metrics: recovery_ms {}, \
+         replayed {}",
+        ms(ready),
+        ms(start_returned),
+        ms(connect_time),
+        mb.recovery_ms,
+        mb.replayed
+    );
+    println!(
+        "[recovery] correct: B's index entries = ground truth total ({resident_total}); \
+         {checked} workers' views equal their ground truth; no resync"
+    );
+
+    // Breakdown, on the same snapshot (B has written none yet).
+    let (t_conn, _) = median_of(BREAKDOWN_REPS, || async {
+        let c = connect(&url, "bench-breakdown-connect").await;
+        c.flush().await.expect("first flush");
+    })
+    .await;
+    let client = connect(&url, "bench-breakdown").await;
+    client.flush().await.expect("first flush");
+    let subjects = Subjects::new("kvr");
+    let limits = StreamArgs::default();
+    let (t_infra, infra) = median_of(BREAKDOWN_REPS, || {
+        bus::ensure_infra(&client, &subjects, &limits)
+    })
+    .await;
+    let infra = infra.expect("infrastructure");
+    let (t_fetch, bytes) = median_of(BREAKDOWN_REPS, || async {
+        let mut obj = infra
+            .snapshots
+            .get(snapshot::SNAPSHOT_OBJECT)
+            .await
+            .expect("snapshot object");
+        let mut bytes = Vec::new();
+        obj.read_to_end(&mut bytes).await.expect("snapshot body");
+        bytes
+    })
+    .await;
+    assert_eq!(bytes.len() as u64, ma.snapshot_bytes, "B read A's snapshot");
+    let (t_decode, snap) = median_of(BREAKDOWN_REPS, || async {
+        Snapshot::decode(&bytes).expect("decode")
+    })
+    .await;
+    let (t_load, _) = median_of(BREAKDOWN_REPS, || async {
+        snapshot::load(&infra.snapshots).await.expect("load")
+    })
+    .await;
+    let mut restore_times = Vec::new();
+    for _ in 0..BREAKDOWN_REPS {
+        let s = snap.clone();
+        let t = Instant::now();
+        let (fleet, needs) = Fleet::restore(FleetConfig::default(), s);
+        restore_times.push(t.elapsed());
+        assert!(needs.is_empty());
+        assert_eq!(fleet.index().stats().entries, snap_entries(&snap));
+        drop(fleet); // outside the timing: a start does not drop its fleet
+    }
+    restore_times.sort_unstable();
+    let t_restore = restore_times[restore_times.len() / 2];
+    let accounted = t_conn + t_infra + t_load + t_restore;
+    let rest = ready.saturating_sub(accounted);
+    println!(
+        "[recovery] breakdown (median of {BREAKDOWN_REPS}): first connection of a fresh client \
+         (bus::connect → first flush) {:.1} ms + ensure_infra {:.1} ms + snapshot::load {:.1} ms \
+         (fetch {:.1} ms of {:.1} MB + decode {:.1} ms) + Fleet::restore {:.1} ms = {:.1} ms; \
+         the remaining {:.1} ms of start → ready is the replay of {} tail messages (+ stream \
+         info, task start-up): ~{:.0} msgs/s",
+        ms(t_conn),
+        ms(t_infra),
+        ms(t_load),
+        ms(t_fetch),
+        bytes.len() as f64 / 1e6,
+        ms(t_decode),
+        ms(t_restore),
+        ms(accounted),
+        ms(rest),
+        mb.replayed,
+        rate(mb.replayed, rest)
+    );
+    drop(snap);
+    within(
+        plan.phase_limit,
+        "router B shutdown",
+        plane_b.shutdown(GRACE),
+    )
+    .await;
+    drop(server);
+}
+
+fn snap_entries(s: &Snapshot) -> usize {
+    s.workers.iter().map(|w| w.entries.len()).sum()
+}
+
+fn main() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                // The connection-state lines of clients outliving their server are noise here.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(
+                        "warn,cache_router::bus=error,cache_router::bus::ingest=warn",
+                    )
+                }),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let plan = Plan::from_env();
+    println!(
+        "event_plane bench ({} sizes; {} CPUs)",
+        if plan.small { "small/test" } else { "full" },
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let t = Instant::now();
+    rt.block_on(ingest_phase(plan));
+    let t_ingest = t.elapsed();
+    let t = Instant::now();
+    rt.block_on(recovery_phase(plan));
+    println!(
+        "event_plane bench done: ingest phase {:.1} s, recovery phase {:.1} s",
+        t_ingest.as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
+}
