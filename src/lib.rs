@@ -13,16 +13,27 @@
 //!   look-ups, digests, a memory bound, and speculative entries.
 //! - [`policy`]: the cost function and the baselines (round-robin, random, least-loaded,
 //!   approx).
+//! - [`fleet`]: the router's state machine over the index: per-worker sequencing, gap, epoch
+//!   and digest resyncs, registry, snapshots.
+//! - [`routing`]: one routing decision (candidates, overlaps + speculation, load, policy).
 //! - [`sim`]: the offline discrete-event simulator that drives the same index and policies
 //!   over simulated vLLM-like workers.
 //!
-//! Dependencies flow one way: protocol/hashing ← index ← policy ← sim.
+//! The async shell:
+//! - [`owner`]: the thread that owns the fleet and routing state, and its handle.
+//! - [`bus`]: NATS: connection, JetStream infrastructure, the publisher, the router's ingest.
+//! - [`http`]: the axum app.
+//!
+//! Dependencies flow one way: protocol/hashing ← index ← policy ← fleet/routing ← sim / owner
+//! ← bus / http.
 
 pub mod bus;
 pub mod fleet;
 pub mod hashing;
 pub mod http;
 pub mod index;
+pub mod owner;
 pub mod policy;
 pub mod protocol;
+pub mod routing;
 pub mod sim;

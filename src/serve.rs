@@ -74,6 +74,7 @@ impl ServeArgs {
             snapshot_every: self.snapshot_every,
             snapshot_interval: Duration::from_secs(self.snapshot_interval_s),
             resync_timeout: Duration::from_millis(self.resync_timeout_ms),
+            ..IngestConfig::new(self.nats.clone())
         }
     }
 }

@@ -17,16 +17,19 @@ use async_nats::jetstream::kv;
 use async_nats::Client;
 use futures::{FutureExt, StreamExt};
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::{ensure_infra, snapshot, BusError, Infra, NatsArgs, StreamArgs, Subjects};
 use crate::fleet::{Fleet, FleetConfig, ResyncCause, ResyncNeeded};
+pub use crate::owner::FleetHandle;
+use crate::owner::{self, Cmd, SyncResult};
 use crate::protocol::{
-    decode_versioned, Body, DecodeError, Envelope, Load, SyncChunk, SyncRequest, WorkerId,
-    WorkerInfo, PROTOCOL_VERSION,
+    decode_versioned, Body, DecodeError, Envelope, SyncChunk, SyncRequest, WorkerId, WorkerInfo,
+    PROTOCOL_VERSION,
 };
+use crate::routing::{LoadSource, NoLoad, RoutingSetup};
 
 /// Router-side event plane settings.
 #[derive(Clone, Debug)]
@@ -40,6 +43,10 @@ pub struct IngestConfig {
     pub snapshot_interval: Duration,
     /// Give up on one resync attempt after this long (then retry with backoff).
     pub resync_timeout: Duration,
+    /// How routing decisions are made on the fleet's thread.
+    pub routing: RoutingSetup,
+    /// The router's in-flight accounting, read by routing decisions.
+    pub loads: Arc<dyn LoadSource>,
 }
 
 impl IngestConfig {
@@ -51,6 +58,8 @@ impl IngestConfig {
             snapshot_every: 100_000,
             snapshot_interval: Duration::from_secs(30),
             resync_timeout: Duration::from_secs(5),
+            routing: RoutingSetup::default(),
+            loads: Arc::new(NoLoad),
         }
     }
 }
@@ -117,83 +126,6 @@ impl IngestMetrics {
 
 fn bump(a: &AtomicU64) {
     a.fetch_add(1, Ordering::Relaxed);
-}
-
-type Query = Box<dyn FnOnce(&mut Fleet) + Send>;
-
-enum Cmd {
-    /// Stream-ordered messages; `None` marks a message that was skipped (undecodable).
-    Apply(Vec<(u64, Option<Envelope>)>),
-    ResyncDone(SyncResult),
-    Register(WorkerInfo),
-    Deregister(WorkerId),
-    Load(WorkerId, Load),
-    Query(Query),
-    /// Ends the owner thread (other handles may still exist; their queries then return None).
-    Stop,
-}
-
-/// A clonable handle to the fleet's owner thread.
-#[derive(Clone, Debug)]
-pub struct FleetHandle {
-    tx: mpsc::Sender<Cmd>,
-    applied: watch::Receiver<u64>,
-    ready: watch::Receiver<bool>,
-    metrics: Arc<IngestMetrics>,
-}
-
-impl std::fmt::Debug for Cmd {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Cmd::Apply(_) => "Apply",
-            Cmd::ResyncDone(_) => "ResyncDone",
-            Cmd::Register(_) => "Register",
-            Cmd::Deregister(_) => "Deregister",
-            Cmd::Load(..) => "Load",
-            Cmd::Query(_) => "Query",
-            Cmd::Stop => "Stop",
-        })
-    }
-}
-
-impl FleetHandle {
-    /// Runs `f` on the fleet's thread and returns its result; None if the event plane stopped.
-    pub async fn query<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Fleet) -> R + Send + 'static,
-    ) -> Option<R> {
-        let (tx, rx) = oneshot::channel();
-        let q: Query = Box::new(move |fleet| {
-            let _ = tx.send(f(fleet));
-        });
-        self.tx.send(Cmd::Query(q)).await.ok()?;
-        rx.await.ok()
-    }
-
-    /// The last stream sequence applied.
-    pub fn applied_stream_seq(&self) -> u64 {
-        *self.applied.borrow()
-    }
-
-    /// Waits until the stream has been applied up to `stream_seq`.
-    pub async fn wait_applied(&self, stream_seq: u64) {
-        let mut rx = self.applied.clone();
-        let _ = rx.wait_for(|&s| s >= stream_seq).await;
-    }
-
-    /// True once the router replayed the stream up to where it stood at start.
-    pub fn is_ready(&self) -> bool {
-        *self.ready.borrow()
-    }
-
-    pub async fn wait_ready(&self) {
-        let mut rx = self.ready.clone();
-        let _ = rx.wait_for(|&r| r).await;
-    }
-
-    pub fn metrics(&self) -> &IngestMetrics {
-        &self.metrics
-    }
 }
 
 /// The running event plane.
@@ -281,26 +213,22 @@ pub async fn start(
     }
     let tail_at_start = info.state.last_sequence;
 
-    let (tx, rx) = mpsc::channel::<Cmd>(1024);
-    let (applied_tx, applied_rx) = watch::channel(fleet.applied_stream_seq());
-    let (ready_tx, ready_rx) = watch::channel(false);
     let (resync_tx, resync_rx) = mpsc::unbounded_channel::<ResyncNeeded>();
     for n in needs.drain(..) {
         let _ = resync_tx.send(n);
     }
-    let owner = {
-        let resync_tx = resync_tx.clone();
-        std::thread::Builder::new()
-            .name("fleet-owner".into())
-            .spawn(move || own_fleet(fleet, rx, applied_tx, resync_tx))
-            .map_err(|e| BusError::Config(format!("cannot start fleet thread: {e}")))?
-    };
-    let handle = FleetHandle {
-        tx,
-        applied: applied_rx,
-        ready: ready_rx,
-        metrics: metrics.clone(),
-    };
+    let owner::Owner {
+        handle,
+        thread: owner,
+        ready_tx,
+    } = owner::spawn(
+        fleet,
+        config.routing.build(),
+        config.loads.clone(),
+        metrics.clone(),
+        resync_tx,
+    )
+    .map_err(|e| BusError::Config(format!("cannot start fleet thread: {e}")))?;
 
     let mut tasks = Vec::new();
     // Readiness: caught up with the stream's tail as it was at start.
@@ -361,55 +289,6 @@ pub async fn start(
         shutdown,
         infra,
     })
-}
-
-/// The fleet's owner loop (a plain thread).
-fn own_fleet(
-    mut fleet: Fleet,
-    mut rx: mpsc::Receiver<Cmd>,
-    applied: watch::Sender<u64>,
-    resync_tx: mpsc::UnboundedSender<ResyncNeeded>,
-) {
-    while let Some(cmd) = rx.blocking_recv() {
-        match cmd {
-            Cmd::Apply(batch) => {
-                for (seq, env) in batch {
-                    match env {
-                        Some(env) => {
-                            if let Some(need) = fleet.apply(seq, env) {
-                                let _ = resync_tx.send(need);
-                            }
-                        }
-                        None => fleet.note_stream_seq(seq),
-                    }
-                }
-                fleet.maintain();
-                applied.send_replace(fleet.applied_stream_seq());
-            }
-            Cmd::ResyncDone(r) => {
-                let took = r.started.elapsed();
-                if let Some(need) = fleet.resync_done(&r.worker, r.epoch, r.seq, &r.entries) {
-                    let _ = resync_tx.send(need);
-                }
-                tracing::info!(
-                    worker = %r.worker,
-                    blocks = r.entries.len(),
-                    as_of_seq = r.seq,
-                    took_ms = took.as_millis() as u64,
-                    "resync applied"
-                );
-            }
-            Cmd::Register(info) => fleet.register(info),
-            Cmd::Deregister(id) => {
-                if fleet.deregister(&id).is_some() {
-                    tracing::info!(worker = %id, "worker left: purged from the index");
-                }
-            }
-            Cmd::Load(id, load) => fleet.update_load(&id, load),
-            Cmd::Query(q) => q(&mut fleet),
-            Cmd::Stop => break,
-        }
-    }
 }
 
 /// Pulls the stream in order from `start_seq`, in batches, into the fleet.
@@ -544,18 +423,6 @@ fn decode_event(
             None
         }
     }
-}
-
-/// A fetched resync.
-struct SyncResult {
-    worker: WorkerId,
-    epoch: u64,
-    seq: u64,
-    entries: Vec<(
-        crate::protocol::BlockHash,
-        Option<crate::protocol::BlockHash>,
-    )>,
-    started: Instant,
 }
 
 /// Carries out resyncs: one fetch per worker at a time, retried with backoff while the worker
