@@ -37,3 +37,4 @@ pub mod policy;
 pub mod protocol;
 pub mod routing;
 pub mod sim;
+pub mod tokenize;

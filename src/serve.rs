@@ -6,18 +6,78 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use cache_router::bus::ingest::{self, IngestConfig};
 use cache_router::bus::{self, NatsArgs, StreamArgs};
 use cache_router::fleet::FleetConfig;
-use cache_router::http;
+use cache_router::http::{self, inflight::InFlight, proxy, routes};
 use cache_router::index::IndexConfig;
+use cache_router::owner;
+use cache_router::policy::{PolicyConfig, PolicyKind};
+use cache_router::protocol::{WorkerId, WorkerInfo};
+use cache_router::routing::{LoadSource, RoutingSetup};
+use cache_router::tokenize::ModelTokenizer;
 
 /// Flags of `cache-router serve`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
-    /// Address for HTTP (health, readiness, metrics).
+    /// Address for HTTP (OpenAI endpoints, /route, health, readiness, metrics).
     #[arg(long, env = "CACHE_ROUTER_LISTEN", default_value = "127.0.0.1:8080")]
     pub(crate) listen: SocketAddr,
+    /// A static worker, `ID=URL` (repeatable), for fleets without reporters.
+    #[arg(long = "worker", value_name = "ID=URL")]
+    pub(crate) workers: Vec<String>,
+    /// Model name the tokenizer serves (requests name it in `model`).
+    #[arg(long, env = "CACHE_ROUTER_MODEL")]
+    pub(crate) model: String,
+    /// A HF `tokenizer.json` for the model.
+    #[arg(
+        long,
+        env = "CACHE_ROUTER_TOKENIZER",
+        required_unless_present = "model_dir"
+    )]
+    pub(crate) tokenizer: Option<PathBuf>,
+    /// A model directory (tokenizer.json, tokenizer_config.json with its chat_template).
+    #[arg(long, env = "CACHE_ROUTER_MODEL_DIR", conflicts_with = "tokenizer")]
+    pub(crate) model_dir: Option<PathBuf>,
+    /// A Jinja chat template overriding the model's.
+    #[arg(long, env = "CACHE_ROUTER_CHAT_TEMPLATE")]
+    pub(crate) chat_template: Option<PathBuf>,
+    /// Tokens per KV block of the engines.
+    #[arg(long, env = "CACHE_ROUTER_BLOCK_SIZE", default_value_t = 16)]
+    pub(crate) block_size: usize,
+    /// Routing policy (default: cache-aware with --nats, approx without).
+    #[arg(long, value_enum, env = "CACHE_ROUTER_POLICY")]
+    pub(crate) policy: Option<PolicyKind>,
+    #[command(flatten)]
+    pub(crate) policy_config: PolicyConfig,
+    /// Bearer token for /admin/*; unset disables them.
+    #[arg(long, env = "CACHE_ROUTER_ADMIN_TOKEN", hide_env_values = true)]
+    pub(crate) admin_token: Option<String>,
+    /// Larger request bodies get 413.
+    #[arg(long, env = "CACHE_ROUTER_MAX_BODY_BYTES", default_value_t = 8 << 20)]
+    pub(crate) max_body_bytes: usize,
+    /// Worker slots tracked for in-flight accounting and health.
+    #[arg(long, env = "CACHE_ROUTER_MAX_WORKERS", default_value_t = 4096)]
+    pub(crate) max_workers: usize,
+    /// Engine connect timeout, in milliseconds.
+    #[arg(long, env = "CACHE_ROUTER_CONNECT_TIMEOUT_MS", default_value_t = 2000)]
+    pub(crate) connect_timeout_ms: u64,
+    /// Time allowed until the engine's response headers, in milliseconds.
+    #[arg(
+        long,
+        env = "CACHE_ROUTER_FIRST_BYTE_TIMEOUT_MS",
+        default_value_t = 60_000
+    )]
+    pub(crate) first_byte_timeout_ms: u64,
+    /// Longest gap between body chunks, in milliseconds.
+    #[arg(long, env = "CACHE_ROUTER_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub(crate) idle_timeout_ms: u64,
+    /// Workers tried per request (connect errors and 5xx before any byte retry the next).
+    #[arg(long, env = "CACHE_ROUTER_MAX_ATTEMPTS", default_value_t = 3)]
+    pub(crate) max_attempts: u32,
     #[command(flatten)]
     pub(crate) nats: NatsArgs,
     #[command(flatten)]
@@ -46,6 +106,18 @@ pub(crate) struct ServeArgs {
 impl ServeArgs {
     fn validate(&self) -> Result<(), String> {
         self.nats.validate().map_err(|e| e.to_string())?;
+        self.static_workers()?;
+        if self.nats.url.is_none() && self.workers.is_empty() {
+            return Err(
+                "give --nats (reporters register workers) or at least one --worker ID=URL".into(),
+            );
+        }
+        if self.block_size == 0 || self.max_workers == 0 || self.max_attempts == 0 {
+            return Err("--block-size, --max-workers and --max-attempts must be positive".into());
+        }
+        if self.model.is_empty() {
+            return Err("--model must not be empty".into());
+        }
         if self.snapshot_every == 0 || self.snapshot_interval_s == 0 {
             return Err("--snapshot-every and --snapshot-interval-s must be positive".into());
         }
@@ -58,7 +130,69 @@ impl ServeArgs {
         Ok(())
     }
 
-    fn ingest_config(&self) -> IngestConfig {
+    fn static_workers(&self) -> Result<Vec<WorkerInfo>, String> {
+        self.workers
+            .iter()
+            .map(|w| {
+                let (id, url) = w
+                    .split_once('=')
+                    .ok_or_else(|| format!("--worker {w:?}: expected ID=URL"))?;
+                let id = WorkerId(id.to_owned());
+                id.validate().map_err(|e| format!("--worker {w:?}: {e}"))?;
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(format!(
+                        "--worker {w:?}: URL must start with http:// or https://"
+                    ));
+                }
+                Ok(WorkerInfo {
+                    id,
+                    url: url.trim_end_matches('/').to_owned(),
+                    model: self.model.clone(),
+                    block_size: self.block_size as u32,
+                    epoch: 0,
+                })
+            })
+            .collect()
+    }
+
+    fn routing(&self) -> RoutingSetup {
+        let default = if self.nats.url.is_some() {
+            PolicyKind::CacheAware
+        } else {
+            PolicyKind::Approx
+        };
+        RoutingSetup {
+            policy: self.policy.unwrap_or(default),
+            config: self.policy_config.clone(),
+            ..RoutingSetup::default()
+        }
+    }
+
+    fn load_models(&self) -> anyhow::Result<routes::Models> {
+        let tok = match (&self.model_dir, &self.tokenizer) {
+            (Some(dir), _) => ModelTokenizer::from_model_dir(dir, self.chat_template.as_deref())?,
+            (None, Some(path)) => {
+                ModelTokenizer::from_files(path, None, self.chat_template.as_deref())?
+            }
+            (None, None) => anyhow::bail!("--tokenizer or --model-dir is required"),
+        };
+        let tok = tok.with_model(self.model.clone(), self.block_size);
+        let mut models = routes::Models::new();
+        models.insert(self.model.clone(), Arc::new(tok));
+        Ok(models)
+    }
+
+    fn proxy_config(&self) -> proxy::ProxyConfig {
+        proxy::ProxyConfig {
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            first_byte_timeout: Duration::from_millis(self.first_byte_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            max_attempts: self.max_attempts,
+            ..proxy::ProxyConfig::default()
+        }
+    }
+
+    fn ingest_config(&self, loads: Arc<dyn LoadSource>) -> IngestConfig {
         IngestConfig {
             nats: self.nats.clone(),
             limits: self.limits.clone(),
@@ -74,7 +208,8 @@ impl ServeArgs {
             snapshot_every: self.snapshot_every,
             snapshot_interval: Duration::from_secs(self.snapshot_interval_s),
             resync_timeout: Duration::from_millis(self.resync_timeout_ms),
-            ..IngestConfig::new(self.nats.clone())
+            routing: self.routing(),
+            loads,
         }
     }
 }
@@ -111,32 +246,73 @@ pub(crate) fn main(args: ServeArgs) -> ExitCode {
     })
 }
 
-/// Connects, starts the event plane and the HTTP server, and runs until `shutdown`.
+/// Loads the tokenizer, starts the fleet (event plane or static), serves HTTP until
+/// `shutdown`, then drains.
 async fn run(
     args: ServeArgs,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let grace = Duration::from_secs(args.shutdown_grace_s);
-    tracing::info!(nats = %args.nats.url, listen = %listener.local_addr()?, "starting router");
-    let client = tokio::select! {
-        c = bus::connect(&args.nats, "cache-router") => c?,
-        _ = shutdown.cancelled() => return Ok(()),
+    let models = args.load_models()?;
+    let inflight = InFlight::new(args.max_workers);
+    let loads: Arc<dyn LoadSource> = Arc::new(inflight.clone());
+    tracing::info!(
+        nats = args.nats.url.as_deref().unwrap_or("none (static workers)"),
+        listen = %listener.local_addr()?,
+        model = %args.model,
+        policy = ?args.routing().policy,
+        "starting router"
+    );
+    let static_workers = args.static_workers().map_err(anyhow::Error::msg)?;
+    enum Plane {
+        Nats(Box<ingest::EventPlane>, async_nats::Client),
+        Static(owner::StaticFleet),
+    }
+    let plane = if args.nats.url.is_some() {
+        let client = tokio::select! {
+            c = bus::connect(&args.nats, "cache-router") => c?,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let plane =
+            ingest::start(client.clone(), args.ingest_config(loads), shutdown.clone()).await?;
+        for w in static_workers {
+            plane.handle().register(w).await;
+        }
+        Plane::Nats(Box::new(plane), client)
+    } else {
+        let fleet = owner::spawn_static(
+            args.ingest_config(loads.clone()).fleet,
+            args.routing().build(),
+            loads,
+            static_workers,
+        )
+        .await?;
+        Plane::Static(fleet)
     };
-    let plane = ingest::start(client.clone(), args.ingest_config(), shutdown.clone()).await?;
-    let app = http::app(http::AppState {
-        fleet: plane.handle(),
-    });
-    let server = tokio::spawn(http::serve(listener, app, shutdown.clone()));
+    let fleet = match &plane {
+        Plane::Nats(p, _) => p.handle(),
+        Plane::Static(f) => f.handle(),
+    };
+    let mut state = http::AppState::new(fleet, models, inflight);
+    state.proxy = proxy::Proxy::new(args.proxy_config(), args.max_workers)?;
+    state.admin_token = args.admin_token.clone();
+    state.max_body_bytes = args.max_body_bytes;
+    let server = tokio::spawn(http::serve(listener, http::app(state), shutdown.clone()));
     shutdown.cancelled().await;
     tracing::info!("shutting down (grace {grace:?})");
-    plane.shutdown(grace).await;
     match tokio::time::timeout(grace, server).await {
         Ok(Ok(Err(e))) => tracing::warn!("http server: {e}"),
-        Err(_) => tracing::warn!("http server did not stop within the grace period"),
+        Err(_) => tracing::warn!("http server did not drain within the grace period"),
         _ => {}
     }
-    let _ = tokio::time::timeout(grace, client.drain()).await;
+    match plane {
+        Plane::Nats(plane, client) => {
+            plane.shutdown(grace).await;
+            let _ = tokio::time::timeout(grace, client.drain()).await;
+        }
+        Plane::Static(f) => f.shutdown().await,
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -26,13 +26,9 @@ use crate::protocol::{InvalidWorkerId, WorkerId};
 /// NATS connection flags, shared by the router, the reporter and the tools.
 #[derive(Clone, Debug, clap::Args)]
 pub struct NatsArgs {
-    /// NATS server URL(s), comma-separated.
-    #[arg(
-        long = "nats",
-        env = "CACHE_ROUTER_NATS",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub url: String,
+    /// NATS server URL(s), comma-separated. Without it the router runs on static workers only.
+    #[arg(long = "nats", env = "CACHE_ROUTER_NATS")]
+    pub url: Option<String>,
     /// Subject prefix for every subject, stream, bucket and store this fleet uses.
     #[arg(long, env = "CACHE_ROUTER_PREFIX", default_value = "kvr")]
     pub prefix: String,
@@ -64,7 +60,7 @@ impl NatsArgs {
     /// Defaults for a server at `url` (tests, tools).
     pub fn for_url(url: impl Into<String>) -> Self {
         NatsArgs {
-            url: url.into(),
+            url: Some(url.into()),
             prefix: "kvr".into(),
             nats_user: None,
             nats_password: None,
@@ -205,6 +201,10 @@ fn backoff(attempt: usize) -> Duration {
 /// before its NATS server.
 pub async fn connect(args: &NatsArgs, name: &str) -> Result<Client, BusError> {
     args.validate()?;
+    let url = args
+        .url
+        .clone()
+        .ok_or_else(|| BusError::Config("no NATS URL given (--nats)".into()))?;
     let mut opts = ConnectOptions::new()
         .name(name)
         .connection_timeout(args.timeout())
@@ -239,10 +239,10 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Result<Client, BusError> {
             .add_client_certificate(cert.clone(), key.clone())
             .require_tls(true);
     }
-    opts.connect(args.url.as_str())
+    opts.connect(url.as_str())
         .await
         .map_err(|e| BusError::Connect {
-            url: args.url.clone(),
+            url: url.clone(),
             msg: e.to_string(),
         })
 }

@@ -1,12 +1,20 @@
-//! The router's HTTP surface. For now: `/health`, `/ready` and `/metrics` over the event
-//! plane; the OpenAI proxy and `/route` come with the HTTP issue.
+//! The router's HTTP surface: the OpenAI endpoints (proxied with streaming), the dry-run
+//! `/route`, `/v1/models`, `/health`, `/ready`, `/metrics` and bearer-protected admin views.
+
+pub mod error;
+pub mod inflight;
+pub mod openai;
+pub mod proxy;
+pub mod routes;
 
 use std::fmt::Write as _;
 
-use axum::extract::State;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -14,10 +22,35 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::ingest::FleetHandle;
 use crate::fleet::ResyncCause;
 
-/// Shared state of the handlers.
+/// Shared state of the handlers (cheap to clone: handles and `Arc`s).
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub fleet: FleetHandle,
+    pub models: Arc<routes::Models>,
+    pub proxy: proxy::Proxy,
+    pub inflight: inflight::InFlight,
+    pub route_metrics: Arc<routes::RouteMetrics>,
+    /// Bearer token for `/admin/*`; None disables them.
+    pub admin_token: Option<String>,
+    /// Larger request bodies get 413.
+    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    /// State with default proxy settings and no admin token.
+    pub fn new(fleet: FleetHandle, models: routes::Models, inflight: inflight::InFlight) -> Self {
+        let max = inflight.capacity();
+        AppState {
+            fleet,
+            models: Arc::new(models),
+            proxy: proxy::Proxy::new(proxy::ProxyConfig::default(), max)
+                .expect("building an HTTP client without TLS cannot fail"),
+            inflight,
+            route_metrics: Arc::new(routes::RouteMetrics::default()),
+            admin_token: None,
+            max_body_bytes: 8 << 20,
+        }
+    }
 }
 
 /// The router's axum app (testable without a socket via `tower::ServiceExt::oneshot`).
@@ -26,6 +59,28 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/v1/models", get(routes::models))
+        .route(
+            "/v1/completions",
+            post(|State(s): State<AppState>, req: Request| async move {
+                routes::proxy_completion(&s, openai::Endpoint::Completions, req).await
+            }),
+        )
+        .route(
+            "/v1/chat/completions",
+            post(|State(s): State<AppState>, req: Request| async move {
+                routes::proxy_completion(&s, openai::Endpoint::ChatCompletions, req).await
+            }),
+        )
+        .route(
+            "/route",
+            post(|State(s): State<AppState>, req: Request| async move {
+                routes::dry_run(&s, req).await
+            }),
+        )
+        .route("/admin/workers", get(routes::admin_workers))
+        .route("/admin/index", get(routes::admin_index))
+        .fallback(|| async { error::ApiError::not_found("no such route").into_response() })
         .with_state(state)
 }
 
@@ -159,7 +214,62 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             &one(workers as u64),
         );
     }
+    routes_metrics(&s, &mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+fn routes_metrics(s: &AppState, out: &mut String) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &s.route_metrics;
+    let _ = writeln!(out, "# HELP cache_router_requests_total HTTP requests by route and status\n# TYPE cache_router_requests_total counter");
+    if let Ok(req) = m.requests.lock() {
+        let mut v: Vec<_> = req.iter().collect();
+        v.sort();
+        for ((route, status), n) in v {
+            let _ = writeln!(
+                out,
+                "cache_router_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP cache_router_worker_requests_total Requests proxied, by worker\n# TYPE cache_router_worker_requests_total counter");
+    if let Ok(by) = m.by_worker.lock() {
+        let mut v: Vec<_> = by.iter().collect();
+        v.sort();
+        for (w, n) in v {
+            let _ = writeln!(
+                out,
+                "cache_router_worker_requests_total{{worker=\"{w}\"}} {n}"
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP cache_router_decision_seconds Routing decision latency by phase\n# TYPE cache_router_decision_seconds histogram");
+    m.tokenize
+        .render(out, "cache_router_decision_seconds", "phase=\"tokenize\",");
+    m.lookup
+        .render(out, "cache_router_decision_seconds", "phase=\"lookup\",");
+    m.score
+        .render(out, "cache_router_decision_seconds", "phase=\"score\",");
+    let blocks = m.request_blocks.load(Relaxed);
+    let overlap = m.overlap_blocks.load(Relaxed);
+    let _ = writeln!(out, "# HELP cache_router_request_blocks_total Full blocks in routed requests\n# TYPE cache_router_request_blocks_total counter\ncache_router_request_blocks_total {blocks}");
+    let _ = writeln!(out, "# HELP cache_router_overlap_blocks_total Blocks the chosen worker already held\n# TYPE cache_router_overlap_blocks_total counter\ncache_router_overlap_blocks_total {overlap}");
+    let ratio = if blocks == 0 {
+        0.0
+    } else {
+        overlap as f64 / blocks as f64
+    };
+    let _ = writeln!(out, "# HELP cache_router_hit_ratio Overlap blocks / request blocks since start\n# TYPE cache_router_hit_ratio gauge\ncache_router_hit_ratio {ratio}");
+    let _ = writeln!(out, "# HELP cache_router_proxy_errors_total Requests that failed on every attempted worker\n# TYPE cache_router_proxy_errors_total counter\ncache_router_proxy_errors_total {}", m.proxy_errors.load(Relaxed));
+    let _ = writeln!(out, "# HELP cache_router_in_flight Requests in flight per worker slot\n# TYPE cache_router_in_flight gauge");
+    for (w, load) in s.inflight.snapshot() {
+        let _ = writeln!(
+            out,
+            "cache_router_in_flight{{slot=\"{}\"}} {}",
+            w.get(),
+            load.requests
+        );
+    }
 }
 
 /// Serves `app` on a bound listener until `shutdown`.

@@ -2,4 +2,5 @@
 //! its own copy and uses only part of it, hence `dead_code` is allowed here.
 #![allow(dead_code)]
 
+pub(crate) mod engine;
 pub(crate) mod nats;
