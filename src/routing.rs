@@ -52,6 +52,9 @@ pub struct RouteRequest {
     pub dry_run: bool,
     /// The caller's clock, for TTL-based policy state.
     pub now_ms: u64,
+    /// Rank at most this many candidates (the proxy needs its attempt budget; `/route` wants
+    /// all: 0). Materializing a thousand candidates costs more than choosing among them.
+    pub max_candidates: usize,
 }
 
 /// One candidate in a decision, best first.
@@ -186,14 +189,25 @@ impl RoutingState {
             req.now_ms,
             &mut self.decision,
         );
+        let chosen = self.decision.chosen;
+        // Pick first, then by cost; only the first `k` are ordered and materialized.
+        let key = |i: usize, s: &crate::policy::Scored| (Some(i) != chosen, s.cost);
         let mut ranked: Vec<(usize, &crate::policy::Scored)> =
             self.decision.scored.iter().enumerate().collect();
-        let chosen = self.decision.chosen;
-        ranked.sort_by(|(i, a), (j, b)| {
-            (Some(*j) == chosen)
-                .cmp(&(Some(*i) == chosen))
-                .then(a.cost.total_cmp(&b.cost))
-        });
+        let k = match req.max_candidates {
+            0 => ranked.len(),
+            k => k.min(ranked.len()),
+        };
+        let cmp = |(i, a): &(usize, &crate::policy::Scored),
+                   (j, b): &(usize, &crate::policy::Scored)| {
+            let (ka, kb) = (key(*i, a), key(*j, b));
+            ka.0.cmp(&kb.0).then(ka.1.total_cmp(&kb.1))
+        };
+        if k > 0 && k < ranked.len() {
+            ranked.select_nth_unstable_by(k - 1, cmp);
+            ranked.truncate(k);
+        }
+        ranked.sort_by(cmp);
         let candidates: Vec<Ranked> = ranked
             .into_iter()
             .filter_map(|(_, s)| {
@@ -263,6 +277,7 @@ mod tests {
             hashes: hs(hashes),
             dry_run: false,
             now_ms: 0,
+            max_candidates: 0,
         }
     }
 
@@ -305,6 +320,11 @@ mod tests {
         assert_eq!(out.chosen().unwrap().worker, WorkerId::from("c"));
         let out = r.route(&f, &NoLoad, &req("unknown", &[1]));
         assert!(out.candidates.is_empty());
+        let mut top1 = req("m", &[1, 2, 3, 4]);
+        top1.max_candidates = 1;
+        let out = r.route(&f, &NoLoad, &top1);
+        assert_eq!(out.candidates.len(), 1);
+        assert_eq!(out.candidates[0].worker, WorkerId::from("b"));
     }
 
     #[test]

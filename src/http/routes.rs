@@ -171,6 +171,11 @@ async fn decide(
             hashes,
             dry_run,
             now_ms: now_ms(),
+            max_candidates: if dry_run {
+                0
+            } else {
+                state.proxy.config().max_attempts as usize
+            },
         })
         .await
         .ok_or_else(|| ApiError::internal("fleet owner stopped"))?;

@@ -1,0 +1,367 @@
+//! End to end through the whole router app on a real socket: the real DeepSeek tokenizer,
+//! the fleet's owner thread, the policy, the proxy, and small in-test engines over loopback.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use cache_router::fleet::FleetConfig;
+use cache_router::http::{self, inflight::InFlight, routes};
+use cache_router::owner::{self, StaticFleet};
+use cache_router::policy::{PolicyConfig, PolicyKind};
+use cache_router::protocol::{Body, Envelope, WorkerInfo};
+use cache_router::routing::{LoadSource, RoutingSetup};
+use cache_router::tokenize::{ModelTokenizer, TokenizerConfig};
+use common::engine::{Engine, Reply};
+
+const MODEL: &str = "deepseek-test";
+const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+fn tokenizer_path() -> PathBuf {
+    let dir = std::env::var("CACHE_ROUTER_TOKENIZER_DIR").map_or_else(
+        |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/fixtures/deepseek"),
+        PathBuf::from,
+    );
+    let p = dir.join("tokenizer.json");
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/setup.sh (it fetches the DeepSeek tokenizer)",
+        p.display()
+    );
+    p
+}
+
+fn model_tokenizer() -> ModelTokenizer {
+    let tok = tokenizers::Tokenizer::from_file(tokenizer_path()).unwrap();
+    ModelTokenizer::new(
+        tok,
+        TokenizerConfig::default(),
+        Some((CHATML.into(), "chatml".into())),
+    )
+    .unwrap()
+    .with_model(MODEL, 16)
+}
+
+struct Router {
+    base: String,
+    client: reqwest::Client,
+    fleet: StaticFleet,
+    inflight: InFlight,
+    token: CancellationToken,
+}
+
+async fn start_router(engines: &[(&str, &Engine)], policy: PolicyKind) -> Router {
+    let inflight = InFlight::new(64);
+    let loads: Arc<dyn LoadSource> = Arc::new(inflight.clone());
+    let workers = engines
+        .iter()
+        .map(|(id, e)| WorkerInfo {
+            id: (*id).into(),
+            url: e.url(),
+            model: MODEL.into(),
+            block_size: 16,
+            epoch: 1,
+        })
+        .collect();
+    let routing = RoutingSetup {
+        policy,
+        config: PolicyConfig::default(),
+        speculation: Some((100_000, Duration::from_secs(60), 1)),
+    };
+    let fleet = owner::spawn_static(FleetConfig::default(), routing.build(), loads, workers)
+        .await
+        .unwrap();
+    let mut models = routes::Models::new();
+    models.insert(MODEL.into(), Arc::new(model_tokenizer()));
+    let mut state = http::AppState::new(fleet.handle(), models, inflight.clone());
+    state.max_body_bytes = 64 * 1024;
+    state.admin_token = Some("tok".into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let token = CancellationToken::new();
+    tokio::spawn(http::serve(listener, http::app(state), token.clone()));
+    Router {
+        base,
+        client: reqwest::Client::builder().no_proxy().build().unwrap(),
+        fleet,
+        inflight,
+        token,
+    }
+}
+
+impl Router {
+    async fn post(&self, path: &str, body: &Value) -> (StatusCode, Option<String>, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = StatusCode::from_u16(r.status().as_u16()).unwrap();
+        let worker = r
+            .headers()
+            .get("x-cache-router-worker")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let v = r.json::<Value>().await.unwrap_or(Value::Null);
+        (status, worker, v)
+    }
+
+    async fn stop(self) {
+        self.token.cancel();
+        self.fleet.shutdown().await;
+    }
+}
+
+fn long_prompt(topic: &str) -> String {
+    format!("{topic}: ")
+        + &"The quick brown fox jumps over the lazy dog again and again. ".repeat(30)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_prefix_sticks_to_its_worker_and_a_new_prefix_goes_to_least_cost() {
+    let a = Engine::start(Reply::Echo).await;
+    let b = Engine::start(Reply::Echo).await;
+    let r = start_router(&[("a", &a), ("b", &b)], PolicyKind::CacheAware).await;
+    let req = json!({"model": MODEL, "prompt": long_prompt("alpha"), "max_tokens": 4});
+    let (s, first, echoed) = r.post("/v1/completions", &req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(echoed, req, "the engine got the original body");
+    let first = first.unwrap();
+    // The repeat goes where the prefix now lives (speculation until events confirm it).
+    for _ in 0..5 {
+        let (s, w, _) = r.post("/v1/completions", &req).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(w.as_deref(), Some(first.as_str()));
+    }
+    // /route explains it: the chosen worker holds every block of the prompt.
+    let (s, _, d) = r.post("/route", &req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(d["chosen"]["worker"], first);
+    let blocks = d["blocks"].as_u64().unwrap();
+    assert!(blocks >= 20, "{d}");
+    assert_eq!(d["chosen"]["overlap"].as_u64(), Some(blocks));
+    assert_eq!(d["candidates"].as_array().unwrap().len(), 2);
+    assert_eq!(d["policy"], "cache-aware");
+    // A new prefix goes to the least-cost worker: the one not loaded by a long stream.
+    let other = if first == "a" { "b" } else { "a" };
+    let busy_slot = r
+        .fleet
+        .handle()
+        .query({
+            let first = first.clone();
+            move |f| f.worker(&first.as_str().into()).unwrap().idx
+        })
+        .await
+        .unwrap();
+    let _held = r.inflight.begin(busy_slot, 500);
+    let (s, w, _) = r
+        .post(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": long_prompt("beta")}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(w.as_deref(), Some(other));
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_the_index_learned_from_events_is_routed_to_its_holder() {
+    let a = Engine::start(Reply::Echo).await;
+    let b = Engine::start(Reply::Echo).await;
+    let r = start_router(&[("a", &a), ("b", &b)], PolicyKind::CacheAware).await;
+    let messages = json!([
+        {"role": "system", "content": "You are a careful assistant. ".repeat(20)},
+        {"role": "user", "content": "Summarize the history of the printing press in detail."}
+    ]);
+    // Worker b reports (as its reporter would) that it stored this chat's blocks.
+    let tok = model_tokenizer();
+    let msgs: Vec<cache_router::tokenize::ChatMessage> =
+        serde_json::from_value(messages.clone()).unwrap();
+    let ids = tok.encode_chat(&msgs).unwrap();
+    let mut hashes = Vec::new();
+    tok.block_hashes(&ids, &mut hashes);
+    assert!(hashes.len() > 5);
+    let stored = hashes.clone();
+    r.fleet
+        .handle()
+        .query(move |f| {
+            f.apply(
+                1,
+                Envelope::new(
+                    "b".into(),
+                    1,
+                    1,
+                    0,
+                    Body::Stored {
+                        blocks: stored,
+                        parent: None,
+                    },
+                ),
+            )
+        })
+        .await
+        .unwrap();
+    let req = json!({"model": MODEL, "messages": messages, "stream": false});
+    let (s, _, d) = r.post("/route", &req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(d["chosen"]["worker"], "b", "{d}");
+    assert_eq!(d["chosen"]["overlap"].as_u64(), Some(hashes.len() as u64));
+    let (s, w, _) = r.post("/v1/chat/completions", &req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(w.as_deref(), Some("b"));
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_4xx_with_a_message_and_the_server_keeps_serving() {
+    let a = Engine::start(Reply::Echo).await;
+    let r = start_router(&[("a", &a)], PolicyKind::Approx).await;
+    let raw = |body: Vec<u8>| {
+        let c = r.client.clone();
+        let url = format!("{}/v1/completions", r.base);
+        async move {
+            let resp = c
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"{not json".to_vec(), 400, "malformed JSON"),
+        (br#"{"prompt":"x"}"#.to_vec(), 400, "model"),
+        (br#"{"model":"deepseek-test"}"#.to_vec(), 400, "prompt"),
+        (
+            br#"{"model":"deepseek-test","prompt":7}"#.to_vec(),
+            400,
+            "prompt",
+        ),
+        (
+            br#"{"model":"deepseek-test","prompt":"x","stream":"yes"}"#.to_vec(),
+            400,
+            "stream",
+        ),
+        (br#"{"model":"other","prompt":"x"}"#.to_vec(), 404, "other"),
+        (
+            format!(
+                r#"{{"model":"deepseek-test","prompt":"{}"}}"#,
+                "x".repeat(100_000)
+            )
+            .into_bytes(),
+            413,
+            "exceeds the limit",
+        ),
+    ];
+    for (body, status, needle) in cases {
+        let (s, v) = raw(body).await;
+        assert_eq!(s, status, "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.to_lowercase().contains(&needle.to_lowercase()),
+            "{msg:?} should mention {needle:?}"
+        );
+        assert!(v["error"]["type"].is_string());
+    }
+    // Still serving, and nothing leaked into the in-flight counts.
+    let (s, w, _) = r
+        .post(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "hello"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(w.as_deref(), Some("a"));
+    let slot = r
+        .fleet
+        .handle()
+        .query(|f| f.worker(&"a".into()).unwrap().idx)
+        .await
+        .unwrap();
+    assert_eq!(r.inflight.load(slot).requests, 0);
+    // Models and admin views.
+    let models: Value = r
+        .client
+        .get(format!("{}/v1/models", r.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], MODEL);
+    let denied = r
+        .client
+        .get(format!("{}/admin/workers", r.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status().as_u16(), 401);
+    let admin: Value = r
+        .client
+        .get(format!("{}/admin/workers", r.base))
+        .bearer_auth("tok")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(admin["workers"][0]["id"], "a");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_chat_passes_through_the_router() {
+    let a = Engine::start(Reply::Sse {
+        count: Some(5),
+        first_delay: Duration::ZERO,
+        gap: Duration::from_millis(20),
+    })
+    .await;
+    let r = start_router(&[("a", &a)], PolicyKind::CacheAware).await;
+    let resp = r
+        .client
+        .post(format!("{}/v1/chat/completions", r.base))
+        .json(&json!({"model": MODEL, "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let text = resp.text().await.unwrap();
+    for k in 0..5 {
+        assert!(text.contains(&format!("\"k\":{k}")), "{text}");
+    }
+    assert!(text.contains("[DONE]"));
+    let slot = r
+        .fleet
+        .handle()
+        .query(|f| f.worker(&"a".into()).unwrap().idx)
+        .await
+        .unwrap();
+    // The guard is released once the body finished.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while r.inflight.load(slot).requests != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "in-flight count leaked"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    r.stop().await;
+}
