@@ -114,6 +114,9 @@ impl RouteMetrics {
     }
 }
 
+/// Bodies up to this size are tokenized on the async worker itself.
+const INLINE_TOKENIZE_BYTES: usize = 4096;
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -148,9 +151,10 @@ async fn decide(
         .cloned()
         .ok_or_else(|| ApiError::model_not_found(&parsed.model))?;
     let started = Instant::now();
-    // Tokenizing a long cold prompt takes milliseconds: keep it off the async workers.
+    // Tokenizing a long cold prompt takes milliseconds: keep those off the async workers.
+    // Short prompts (microseconds) run inline; the hand-off would cost more than the work.
     let input = parsed.input;
-    let (ids, hashes) = tokio::task::spawn_blocking(move || {
+    let work = move || {
         let ids = match &input {
             Input::Text(t) => tok.encode_prompt(t),
             Input::Tokens(ids) => Ok(ids.clone()),
@@ -159,10 +163,16 @@ async fn decide(
         let mut hashes = Vec::with_capacity(ids.len() / 16 + 1);
         tok.block_hashes(&ids, &mut hashes);
         Ok::<_, String>((ids.len(), hashes))
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(|e| ApiError::bad_request(format!("cannot tokenize the request: {e}")))?;
+    };
+    let result = if body.len() <= INLINE_TOKENIZE_BYTES {
+        work()
+    } else {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(ApiError::internal)?
+    };
+    let (ids, hashes) =
+        result.map_err(|e| ApiError::bad_request(format!("cannot tokenize the request: {e}")))?;
     let tokenize = started.elapsed();
     let outcome = state
         .fleet
