@@ -26,9 +26,14 @@ pub(crate) struct ServeArgs {
     /// Address for HTTP (OpenAI endpoints, /route, health, readiness, metrics).
     #[arg(long, env = "CACHE_ROUTER_LISTEN", default_value = "127.0.0.1:8080")]
     pub(crate) listen: SocketAddr,
-    /// A static worker, `ID=URL` (repeatable), for fleets without reporters.
-    #[arg(long = "worker", value_name = "ID=URL")]
+    /// A static worker, `ID=URL` or `ID=URL,model=NAME` (repeatable), for fleets without
+    /// reporters; without `model=` it serves `--model`.
+    #[arg(long = "worker", value_name = "ID=URL[,model=NAME]")]
     pub(crate) workers: Vec<String>,
+    /// Another served model with its own tokenizer, `NAME=DIR` (a model directory; repeatable).
+    /// The request's `model` selects the tokenizer.
+    #[arg(long = "extra-model", value_name = "NAME=DIR")]
+    pub(crate) extra_models: Vec<String>,
     /// Model name the tokenizer serves (requests name it in `model`).
     #[arg(long, env = "CACHE_ROUTER_MODEL")]
     pub(crate) model: String,
@@ -134,9 +139,14 @@ impl ServeArgs {
         self.workers
             .iter()
             .map(|w| {
-                let (id, url) = w
+                let (id, rest) = w
                     .split_once('=')
-                    .ok_or_else(|| format!("--worker {w:?}: expected ID=URL"))?;
+                    .ok_or_else(|| format!("--worker {w:?}: expected ID=URL[,model=NAME]"))?;
+                let (url, model) = match rest.split_once(",model=") {
+                    Some((url, model)) if !model.is_empty() => (url, model.to_owned()),
+                    Some(_) => return Err(format!("--worker {w:?}: empty model name")),
+                    None => (rest, self.model.clone()),
+                };
                 let id = WorkerId(id.to_owned());
                 id.validate().map_err(|e| format!("--worker {w:?}: {e}"))?;
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -147,7 +157,7 @@ impl ServeArgs {
                 Ok(WorkerInfo {
                     id,
                     url: url.trim_end_matches('/').to_owned(),
-                    model: self.model.clone(),
+                    model,
                     block_size: self.block_size as u32,
                     epoch: 0,
                 })
@@ -179,6 +189,19 @@ impl ServeArgs {
         let tok = tok.with_model(self.model.clone(), self.block_size);
         let mut models = routes::Models::new();
         models.insert(self.model.clone(), Arc::new(tok));
+        for spec in &self.extra_models {
+            let (name, dir) = spec
+                .split_once('=')
+                .filter(|(n, d)| !n.is_empty() && !d.is_empty())
+                .ok_or_else(|| anyhow::anyhow!("--extra-model {spec:?}: expected NAME=DIR"))?;
+            if models.contains_key(name) {
+                anyhow::bail!("--extra-model {name:?} is given twice");
+            }
+            let tok = ModelTokenizer::from_model_dir(std::path::Path::new(dir), None)
+                .map_err(|e| anyhow::anyhow!("--extra-model {name}: {e}"))?
+                .with_model(name, self.block_size);
+            models.insert(name.to_owned(), Arc::new(tok));
+        }
         Ok(models)
     }
 
@@ -342,4 +365,52 @@ async fn signal_shutdown(token: CancellationToken) {
         let _ = ctrl_c.await;
     }
     token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        let mut v = vec!["serve", "--model", "m", "--tokenizer", "t.json"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).unwrap().serve
+    }
+
+    #[test]
+    fn static_workers_parse_with_optional_model() {
+        let a = parse(&[
+            "--worker",
+            "a=http://127.0.0.1:1/",
+            "--worker",
+            "b=http://h:2,model=qwen",
+        ]);
+        let w = a.static_workers().unwrap();
+        assert_eq!(w[0].url, "http://127.0.0.1:1");
+        assert_eq!(w[0].model, "m");
+        assert_eq!(w[1].model, "qwen");
+        assert_eq!(
+            a.routing().policy,
+            PolicyKind::Approx,
+            "no NATS: approx by default"
+        );
+        assert!(a.validate().is_ok());
+        for bad in ["nourl", "a.b=http://x", "a=ftp://x", "a=http://x,model="] {
+            assert!(parse(&["--worker", bad]).validate().is_err(), "{bad}");
+        }
+        assert!(
+            parse(&[]).validate().is_err(),
+            "neither --nats nor --worker"
+        );
+        let n = parse(&["--nats", "nats://127.0.0.1:4222"]);
+        assert!(n.validate().is_ok());
+        assert_eq!(n.routing().policy, PolicyKind::CacheAware);
+    }
 }

@@ -57,14 +57,20 @@ struct Router {
 }
 
 async fn start_router(engines: &[(&str, &Engine)], policy: PolicyKind) -> Router {
+    let with_model: Vec<(&str, &Engine, &str)> =
+        engines.iter().map(|(id, e)| (*id, *e, MODEL)).collect();
+    start_router_models(&with_model, policy).await
+}
+
+async fn start_router_models(engines: &[(&str, &Engine, &str)], policy: PolicyKind) -> Router {
     let inflight = InFlight::new(64);
     let loads: Arc<dyn LoadSource> = Arc::new(inflight.clone());
     let workers = engines
         .iter()
-        .map(|(id, e)| WorkerInfo {
+        .map(|(id, e, model)| WorkerInfo {
             id: (*id).into(),
             url: e.url(),
-            model: MODEL.into(),
+            model: (*model).into(),
             block_size: 16,
             epoch: 1,
         })
@@ -78,7 +84,10 @@ async fn start_router(engines: &[(&str, &Engine)], policy: PolicyKind) -> Router
         .await
         .unwrap();
     let mut models = routes::Models::new();
-    models.insert(MODEL.into(), Arc::new(model_tokenizer()));
+    for (_, _, model) in engines {
+        let tok = model_tokenizer().with_model(*model, 16);
+        models.insert((*model).into(), Arc::new(tok));
+    }
     let mut state = http::AppState::new(fleet.handle(), models, inflight.clone());
     state.max_body_bytes = 64 * 1024;
     state.admin_token = Some("tok".into());
@@ -363,5 +372,59 @@ async fn streaming_chat_passes_through_the_router() {
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_in_the_request_selects_its_tokenizer_and_its_workers() {
+    let a = Engine::start(Reply::Echo).await;
+    let b = Engine::start(Reply::Echo).await;
+    let r = start_router_models(
+        &[("a", &a, MODEL), ("b", &b, "second-model")],
+        PolicyKind::CacheAware,
+    )
+    .await;
+    let models: Value = r
+        .client
+        .get(format!("{}/v1/models", r.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![MODEL, "second-model"]);
+    for _ in 0..4 {
+        let (s, w, _) = r
+            .post(
+                "/v1/completions",
+                &json!({"model": "second-model", "prompt": long_prompt("x")}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(w.as_deref(), Some("b"));
+        let (s, w, _) = r
+            .post(
+                "/v1/completions",
+                &json!({"model": MODEL, "prompt": long_prompt("x")}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(w.as_deref(), Some("a"));
+    }
+    // Same text, different model: different hash namespaces, so no cross-model overlap.
+    let (_, _, d) = r
+        .post(
+            "/route",
+            &json!({"model": "second-model", "prompt": long_prompt("x")}),
+        )
+        .await;
+    assert_eq!(d["candidates"].as_array().unwrap().len(), 1);
     r.stop().await;
 }
