@@ -102,7 +102,13 @@ fn conversation(rng: &mut StdRng, turns: usize) -> Vec<ChatMessage> {
 
 fn tokenizer() -> ModelTokenizer {
     let dir = std::env::var("CACHE_ROUTER_TOKENIZER_DIR").map_or_else(
-        |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/fixtures/deepseek"),
+        |_| {
+            // Where scripts/fetch-tokenizer.sh puts it: ${CARGO_TARGET_DIR:-target}/fixtures.
+            let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map_or_else(|_| manifest.join("target"), |t| manifest.join(t));
+            target.join("fixtures/deepseek")
+        },
         PathBuf::from,
     );
     let template =

@@ -311,6 +311,9 @@ pub(crate) fn strftime(format: &str, t: time::OffsetDateTime) -> Result<String, 
 /// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=indent,
 /// separators=separators, sort_keys=sort_keys)`, so `{"a": 1, "b": [1, 2]}` with Python's
 /// default separators and no HTML escaping.
+///
+/// One difference: without minijinja's `preserve_order` feature its maps iterate in key
+/// order, so a map literal's keys come out sorted where Python keeps insertion order.
 fn tojson(value: &Value, args: Kwargs) -> Result<Value, Error> {
     let indent: Option<Value> = args.get("indent")?;
     let sort_keys: Option<bool> = args.get("sort_keys")?;
@@ -387,8 +390,8 @@ impl PyJson {
                 .out
                 .push_str(if v.is_true() { "true" } else { "false" }),
             ValueKind::Number => {
-                if let Some(i) = v.as_i64() {
-                    let _ = write!(self.out, "{i}");
+                if v.is_integer() {
+                    let _ = write!(self.out, "{v}");
                 } else {
                     let f = f64::try_from(v.clone())?;
                     if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e16 {

@@ -22,6 +22,7 @@ pub mod chat;
 pub mod config;
 mod error;
 pub mod pieces;
+mod split;
 
 #[cfg(test)]
 mod tests;

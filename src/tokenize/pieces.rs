@@ -9,11 +9,10 @@
 //! `<｜User｜>`, BOS/EOS, ...) around every message, so each message's text is one piece, and
 //! the next turn of a conversation re-uses every piece but the new ones.
 //!
-//! We cut the text with the tokenizer's own matcher
-//! ([`AddedVocabulary::extract_and_normalize`], the function `encode` itself calls), so the
-//! cut points are exactly the ones `encode` uses, including `lstrip`/`rstrip` handling and
-//! `encode_special_tokens`. Each piece's ids are cached in a bounded moka cache keyed by the
-//! xxh3-128 hash of the piece.
+//! We cut the text where `encode` does (see the private `split` module, which reproduces the
+//! tokenizer's matcher, `lstrip`/`rstrip` and `encode_special_tokens` included, and is tested
+//! against it). Each piece's ids are cached in a bounded moka cache keyed by the xxh3-128
+//! hash of the piece.
 //!
 //! Where that equality does not hold, we encode the whole text instead (see [`SplitMode`]):
 //! - no added tokens at all (nothing to cut at; the cache would only hold whole prompts);
@@ -28,14 +27,14 @@
 //! whole, so we only cut at step-(1) (`normalized: false`) tokens and keep any
 //! `normalized: true` tokens inside the piece, which is encoded whole.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use moka::sync::Cache;
 use serde_json::Value as Json;
-use tokenizers::{Encoding, OffsetReferential, OffsetType, Token, Tokenizer};
+use tokenizers::{Encoding, Token, Tokenizer};
 use xxhash_rust::xxh3::xxh3_128;
 
+use super::split::{Matcher, Segment};
 use super::TokenizeError;
 
 /// Default bound of the piece cache, in tokens (about 200 MB of ids at 4 bytes a token, plus
@@ -66,12 +65,11 @@ pub struct PieceCacheStats {
 
 pub(crate) struct PieceEncoder {
     mode: SplitMode,
-    /// Pass the tokenizer's normalizer to the splitter (only needed to find
-    /// `normalized: true` tokens when the normalizer is not the identity).
-    split_with_normalizer: bool,
-    /// Ids of `normalized: true` added tokens that must not be cut at (non-identity
-    /// normalizer only; empty otherwise).
-    keep_inside: HashSet<u32>,
+    /// Cuts at the added tokens matched against the raw text (`normalized: false`).
+    raw: Option<Matcher>,
+    /// Cuts at the `normalized: true` tokens inside the raw pieces, when the normalizer is
+    /// the identity (otherwise they stay inside their piece, which is encoded whole).
+    normalized: Option<Matcher>,
     cache: Option<Cache<u128, Arc<[u32]>>>,
 }
 
@@ -79,8 +77,7 @@ impl std::fmt::Debug for PieceEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PieceEncoder")
             .field("mode", &self.mode)
-            .field("split_with_normalizer", &self.split_with_normalizer)
-            .field("keep_inside", &self.keep_inside.len())
+            .field("cuts_at_normalized_tokens", &self.normalized.is_some())
             .field(
                 "cache_entries",
                 &self.cache.as_ref().map(Cache::entry_count),
@@ -93,11 +90,14 @@ impl PieceEncoder {
     /// Decides whether piece-wise encoding is exact for `tokenizer`, and builds the cache.
     /// `max_tokens == 0` disables the cache (and so the splitting).
     pub(crate) fn new(tokenizer: &Tokenizer, max_tokens: u64) -> Self {
-        let (mode, split_with_normalizer, keep_inside) = analyse(tokenizer);
-        let mode = if max_tokens == 0 && mode == SplitMode::AddedTokens {
-            SplitMode::WholeText("the piece cache is disabled".into())
-        } else {
-            mode
+        let (mode, raw, normalized) = match analyse(tokenizer) {
+            Err(reason) => (SplitMode::WholeText(reason), None, None),
+            Ok(_) if max_tokens == 0 => (
+                SplitMode::WholeText("the piece cache is disabled".into()),
+                None,
+                None,
+            ),
+            Ok((raw, normalized)) => (SplitMode::AddedTokens, Some(raw), normalized),
         };
         let cache = (mode == SplitMode::AddedTokens).then(|| {
             Cache::builder()
@@ -111,8 +111,8 @@ impl PieceEncoder {
         });
         PieceEncoder {
             mode,
-            split_with_normalizer,
-            keep_inside,
+            raw,
+            normalized,
             cache,
         }
     }
@@ -142,6 +142,24 @@ impl PieceEncoder {
         }
     }
 
+    /// Cuts `text` into pieces and added tokens, as `encode` does (in
+    /// [`SplitMode::AddedTokens`]; the whole text is one piece otherwise).
+    pub(crate) fn segments(&self, text: &str, emit: &mut dyn FnMut(Segment)) {
+        let Some(raw) = &self.raw else {
+            if !text.is_empty() {
+                emit(Segment::Text(0..text.len()));
+            }
+            return;
+        };
+        match &self.normalized {
+            None => raw.split(text, 0..text.len(), emit),
+            Some(normalized) => raw.split(text, 0..text.len(), &mut |seg| match seg {
+                Segment::Text(r) => normalized.split(text, r, emit),
+                token => emit(token),
+            }),
+        }
+    }
+
     /// Appends the ids of `text` encoded without special tokens (`add_special_tokens =
     /// false`) to `out`: from cached pieces in [`SplitMode::AddedTokens`], else whole.
     pub(crate) fn encode(
@@ -154,59 +172,36 @@ impl PieceEncoder {
             out.extend_from_slice(encode_whole(tokenizer, text)?.get_ids());
             return Ok(());
         };
-        let normalizer = if self.split_with_normalizer {
-            tokenizer.get_normalizer()
-        } else {
-            None
-        };
-        let pretokenized = tokenizer
-            .get_added_vocabulary()
-            .extract_and_normalize(normalizer, text);
-        // A piece runs from `start` to `end` (byte offsets in `text`) over the splits that are
-        // not cut points.
-        let mut piece: Option<(usize, usize)> = None;
-        for (_, (start, end), tokens) in
-            pretokenized.get_splits(OffsetReferential::Original, OffsetType::Byte)
-        {
-            match tokens {
-                Some(tokens) if !tokens.iter().any(|t| self.keep_inside.contains(&t.id)) => {
-                    if let Some((s, e)) = piece.take() {
-                        self.piece(cache, tokenizer, &text[s..e], out)?;
-                    }
-                    out.extend(tokens.iter().map(|t| t.id));
-                }
-                _ => {
-                    piece = Some(match piece {
-                        Some((s, _)) => (s, end),
-                        None => (start, end),
-                    });
-                }
+        let mut result = Ok(());
+        self.segments(text, &mut |seg| {
+            if result.is_err() {
+                return;
             }
-        }
-        if let Some((s, e)) = piece {
-            self.piece(cache, tokenizer, &text[s..e], out)?;
-        }
-        Ok(())
+            match seg {
+                Segment::Token(id) => out.push(id),
+                Segment::Text(r) => result = piece(cache, tokenizer, &text[r], out),
+            }
+        });
+        result
     }
+}
 
-    fn piece(
-        &self,
-        cache: &Cache<u128, Arc<[u32]>>,
-        tokenizer: &Tokenizer,
-        piece: &str,
-        out: &mut Vec<u32>,
-    ) -> Result<(), TokenizeError> {
-        let key = xxh3_128(piece.as_bytes());
-        if let Some(ids) = cache.get(&key) {
-            out.extend_from_slice(&ids);
-            return Ok(());
-        }
-        let encoding = encode_whole(tokenizer, piece)?;
-        let ids: Arc<[u32]> = Arc::from(encoding.get_ids());
+fn piece(
+    cache: &Cache<u128, Arc<[u32]>>,
+    tokenizer: &Tokenizer,
+    piece: &str,
+    out: &mut Vec<u32>,
+) -> Result<(), TokenizeError> {
+    let key = xxh3_128(piece.as_bytes());
+    if let Some(ids) = cache.get(&key) {
         out.extend_from_slice(&ids);
-        cache.insert(key, ids);
-        Ok(())
+        return Ok(());
     }
+    let encoding = encode_whole(tokenizer, piece)?;
+    let ids: Arc<[u32]> = Arc::from(encoding.get_ids());
+    out.extend_from_slice(&ids);
+    cache.insert(key, ids);
+    Ok(())
 }
 
 /// `tokenizer.encode(text, add_special_tokens = false)` without offsets.
@@ -237,31 +232,25 @@ pub(crate) fn post_process(
         })
 }
 
-/// Whether cutting at added tokens is exact for this tokenizer; see the module docs.
-fn analyse(tokenizer: &Tokenizer) -> (SplitMode, bool, HashSet<u32>) {
-    let whole = |reason: &str| {
-        (
-            SplitMode::WholeText(reason.to_owned()),
-            false,
-            HashSet::new(),
-        )
-    };
-    let added = tokenizer.get_added_tokens_decoder();
-    if added.is_empty() {
-        return whole("the tokenizer has no added tokens to cut at");
+/// Whether cutting at added tokens is exact for this tokenizer (see the module docs); if so
+/// the matchers for the raw text and, with an identity normalizer, for the normalized tokens.
+fn analyse(tokenizer: &Tokenizer) -> Result<(Matcher, Option<Matcher>), String> {
+    let decoder = tokenizer.get_added_tokens_decoder();
+    if decoder.is_empty() {
+        return Err("the tokenizer has no added tokens to cut at".into());
     }
-    if let Some((_, t)) = added.iter().find(|(_, t)| t.single_word) {
-        return whole(&format!(
+    if let Some(t) = decoder.values().find(|t| t.single_word) {
+        return Err(format!(
             "added token {:?} has single_word, whose match depends on text outside a piece",
             t.content
         ));
     }
-    if added.values().any(|t| t.rstrip)
-        && added
+    if decoder.values().any(|t| t.rstrip)
+        && decoder
             .values()
             .any(|t| t.content.starts_with(char::is_whitespace))
     {
-        return whole("an added token starts with whitespace while another one has rstrip");
+        return Err("an added token starts with whitespace while another one has rstrip".into());
     }
     if let Some(pt) = tokenizer.get_pre_tokenizer() {
         let json = serde_json::to_value(pt).unwrap_or(Json::Null);
@@ -269,9 +258,10 @@ fn analyse(tokenizer: &Tokenizer) -> (SplitMode, bool, HashSet<u32>) {
             o.get("type").and_then(Json::as_str) == Some("Metaspace")
                 && o.get("prepend_scheme").and_then(Json::as_str) == Some("first")
         }) {
-            return whole(
-                "a Metaspace pre-tokenizer with prepend_scheme \"first\" encodes the first \
-                 piece differently",
+            return Err(
+                "a Metaspace pre-tokenizer with prepend_scheme \"first\" encodes the \
+                        first piece differently"
+                    .into(),
             );
         }
     }
@@ -279,17 +269,33 @@ fn analyse(tokenizer: &Tokenizer) -> (SplitMode, bool, HashSet<u32>) {
         None => true,
         Some(n) => serde_json::to_value(n).is_ok_and(|j| normalizer_is_identity(&j)),
     };
-    let normalized: HashSet<u32> = added
-        .iter()
-        .filter(|(_, t)| t.normalized)
-        .map(|(id, _)| *id)
+    // The tokenizer's own ids for each content (what its matcher reports), in id order so
+    // duplicates resolve the same way every time.
+    let mut tokens: Vec<(u32, &tokenizers::AddedToken)> = decoder
+        .values()
+        .filter_map(|t| tokenizer.token_to_id(&t.content).map(|id| (id, t)))
         .collect();
-    if identity || normalized.is_empty() {
-        // Both matching stages see the raw text (or stage 2 has nothing to find): every
-        // added token is a cut point and the splitter needs no normalizer.
-        (SplitMode::AddedTokens, false, HashSet::new())
+    tokens.sort_by_key(|(id, _)| *id);
+    tokens.dedup_by_key(|(id, _)| *id);
+    let special = tokenizer.get_encode_special_tokens();
+    let raw = Matcher::new(
+        tokens.iter().filter(|(_, t)| !t.normalized).copied(),
+        special,
+    );
+    let normalized = Matcher::new(
+        tokens.iter().filter(|(_, t)| t.normalized).copied(),
+        special,
+    );
+    if identity {
+        Ok((raw, (!normalized.is_empty()).then_some(normalized)))
+    } else if raw.is_empty() {
+        Err(
+            "the normalizer is not the identity and every added token is matched after \
+             normalizing"
+                .into(),
+        )
     } else {
-        (SplitMode::AddedTokens, true, normalized)
+        Ok((raw, None))
     }
 }
 
