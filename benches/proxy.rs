@@ -6,6 +6,9 @@
 //! Everything binds 127.0.0.1, request counts are fixed, and the run stops by itself. The load
 //! generator shares the 2 cores with the servers, so compare the ratios, not the absolutes.
 
+#[path = "../tests/common/tokenizer.rs"]
+mod tokenizer_fixture;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -38,16 +41,7 @@ async fn engine() -> String {
 }
 
 async fn router(engine_url: &str) -> (String, CancellationToken) {
-    let dir = std::env::var("CACHE_ROUTER_TOKENIZER_DIR").map_or_else(
-        |_| {
-            // Where scripts/fetch-tokenizer.sh puts it: ${CARGO_TARGET_DIR:-target}/fixtures.
-            let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-            let target = std::env::var("CARGO_TARGET_DIR")
-                .map_or_else(|_| manifest.join("target"), |t| manifest.join(t));
-            target.join("fixtures/deepseek")
-        },
-        PathBuf::from,
-    );
+    let dir = tokenizer_fixture::deepseek_dir();
     let tok = ModelTokenizer::from_model_dir(&dir, None)
         .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", dir.display()))
         .with_model("m", 16);

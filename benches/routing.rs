@@ -6,7 +6,9 @@
 //! router's own owner thread, so "look-up" and "score" are measured where they run, and
 //! "route" is the whole round trip through the fleet handle.
 
-use std::path::PathBuf;
+#[path = "../tests/common/tokenizer.rs"]
+mod tokenizer_fixture;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,16 +103,7 @@ fn conversation(rng: &mut StdRng, turns: usize) -> Vec<ChatMessage> {
 }
 
 fn tokenizer() -> ModelTokenizer {
-    let dir = std::env::var("CACHE_ROUTER_TOKENIZER_DIR").map_or_else(
-        |_| {
-            // Where scripts/fetch-tokenizer.sh puts it: ${CARGO_TARGET_DIR:-target}/fixtures.
-            let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-            let target = std::env::var("CARGO_TARGET_DIR")
-                .map_or_else(|_| manifest.join("target"), |t| manifest.join(t));
-            target.join("fixtures/deepseek")
-        },
-        PathBuf::from,
-    );
+    let dir = tokenizer_fixture::deepseek_dir();
     let template =
         std::env::temp_dir().join(format!("cr-bench-template-{}.jinja", std::process::id()));
     std::fs::write(&template, DEEPSEEK).unwrap();

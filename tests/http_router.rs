@@ -24,23 +24,7 @@ const MODEL: &str = "deepseek-test";
 const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
 fn tokenizer_path() -> PathBuf {
-    let dir = std::env::var("CACHE_ROUTER_TOKENIZER_DIR").map_or_else(
-        |_| {
-            // Where scripts/fetch-tokenizer.sh puts it: ${CARGO_TARGET_DIR:-target}/fixtures.
-            let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-            let target = std::env::var("CARGO_TARGET_DIR")
-                .map_or_else(|_| manifest.join("target"), |t| manifest.join(t));
-            target.join("fixtures/deepseek")
-        },
-        PathBuf::from,
-    );
-    let p = dir.join("tokenizer.json");
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/setup.sh (it fetches the DeepSeek tokenizer)",
-        p.display()
-    );
-    p
+    common::tokenizer::deepseek_dir().join("tokenizer.json")
 }
 
 fn model_tokenizer() -> ModelTokenizer {

@@ -35,7 +35,8 @@
 //! The measurement of cold against warm encoding is an ignored test:
 //! `cargo test --release --test tokenize -- --ignored --nocapture`.
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use cache_router::tokenize::{ChatMessage, ModelTokenizer, SplitMode};
@@ -47,26 +48,8 @@ const TEMPLATE: &str = concat!(
     "/testdata/templates/deepseek.jinja"
 );
 
-/// `$CACHE_ROUTER_TOKENIZER_DIR`, else `$CARGO_TARGET_DIR/fixtures/deepseek`, else
-/// `target/fixtures/deepseek` in this crate.
-fn fixture_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CACHE_ROUTER_TOKENIZER_DIR") {
-        return PathBuf::from(dir);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("fixtures/deepseek")
-}
-
 fn deepseek() -> ModelTokenizer {
-    let dir = fixture_dir();
-    assert!(
-        dir.join("tokenizer.json").is_file(),
-        "the DeepSeek tokenizer fixture is missing at {}: run scripts/setup.sh (or \
-         scripts/fetch-tokenizer.sh), or set CACHE_ROUTER_TOKENIZER_DIR",
-        dir.display()
-    );
+    let dir = common::tokenizer::deepseek_dir();
     ModelTokenizer::from_model_dir(&dir, Some(TEMPLATE.as_ref()))
         .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
         .with_model("deepseek", 16)

@@ -4,3 +4,4 @@
 
 pub(crate) mod engine;
 pub(crate) mod nats;
+pub(crate) mod tokenizer;
