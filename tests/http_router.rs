@@ -418,3 +418,34 @@ async fn the_model_in_the_request_selects_its_tokenizer_and_its_workers() {
     assert_eq!(d["candidates"].as_array().unwrap().len(), 1);
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_needs_a_live_worker() {
+    let r = start_router(&[], PolicyKind::Approx).await;
+    let get = |path: &'static str| {
+        let (c, base) = (r.client.clone(), r.base.clone());
+        async move {
+            c.get(format!("{base}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(get("/health").await, 200);
+    assert_eq!(get("/ready").await, 503, "caught up but no worker");
+    let e = Engine::start(Reply::Echo).await;
+    r.fleet
+        .handle()
+        .register(WorkerInfo {
+            id: "late".into(),
+            url: e.url(),
+            model: MODEL.into(),
+            block_size: 16,
+            epoch: 1,
+        })
+        .await;
+    assert_eq!(get("/ready").await, 200);
+    r.stop().await;
+}

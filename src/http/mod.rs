@@ -85,14 +85,22 @@ pub fn app(state: AppState) -> Router {
 }
 
 async fn ready(State(s): State<AppState>) -> impl IntoResponse {
-    if s.fleet.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
+    if !s.fleet.is_ready() {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             "replaying the event stream\n",
-        )
+        );
     }
+    // Live = registered (a registry entry, or configured statically).
+    let live = s
+        .fleet
+        .query(|f| f.workers().filter(|(_, e)| e.info.is_some()).count())
+        .await
+        .unwrap_or(0);
+    if live == 0 {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no live worker\n");
+    }
+    (StatusCode::OK, "ready\n")
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
