@@ -15,6 +15,8 @@
 //! The counting allocator stays installed for the whole binary, so every allocation in the
 //! timed loops also pays its few atomic increments; `[apply]` prints how many there are.
 
+mod common;
+
 use std::alloc::System;
 use std::collections::{HashMap, HashSet};
 use std::hint::black_box;
@@ -65,12 +67,7 @@ struct Plan {
 
 impl Plan {
     fn from_env() -> Plan {
-        let args: Vec<String> = std::env::args().collect();
-        let has = |flag: &str| args.iter().any(|a| a == flag);
-        let env_small =
-            std::env::var("CACHE_ROUTER_BENCH_SMALL").is_ok_and(|v| !v.is_empty() && v != "0");
-        // Criterion runs in test mode without `--bench` (cargo test) or with `--test`.
-        let small = env_small || has("--test") || has("--list") || !has("--bench");
+        let small = common::small_mode();
         if small {
             let s = Scale {
                 workers: 24,

@@ -34,6 +34,8 @@
 //! resident blocks) so the run takes seconds in a debug build; the correctness checks stay.
 //! Every server binds 127.0.0.1 on a port it picks; every loop is bounded in count and time.
 
+mod common;
+
 #[allow(dead_code)]
 #[path = "../tests/common/nats.rs"]
 mod nats;
@@ -95,11 +97,7 @@ struct Plan {
 
 impl Plan {
     fn from_env() -> Plan {
-        let args: Vec<String> = std::env::args().collect();
-        let has = |flag: &str| args.iter().any(|a| a == flag);
-        let env_small =
-            std::env::var("CACHE_ROUTER_BENCH_SMALL").is_ok_and(|v| !v.is_empty() && v != "0");
-        let small = env_small || has("--test") || has("--list") || !has("--bench");
+        let small = common::small_mode();
         let clients = env_usize("CACHE_ROUTER_BENCH_CLIENTS");
         if small {
             Plan {

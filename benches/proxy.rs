@@ -6,6 +6,8 @@
 //! Everything binds 127.0.0.1, request counts are fixed, and the run stops by itself. The load
 //! generator shares the 2 cores with the servers, so compare the ratios, not the absolutes.
 
+mod common;
+
 #[path = "../tests/common/tokenizer.rs"]
 mod tokenizer_fixture;
 
@@ -200,8 +202,7 @@ async fn load(url: &str, total: usize, concurrency: usize) -> Run {
 }
 
 fn main() {
-    let small = std::env::var("CACHE_ROUTER_BENCH_SMALL").is_ok_and(|v| !v.is_empty() && v != "0")
-        || !std::env::args().any(|a| a == "--bench");
+    let small = common::small_mode();
     let (total, conc) = if small { (400, 8) } else { (40_000, 32) };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

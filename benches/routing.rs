@@ -6,6 +6,8 @@
 //! router's own owner thread, so "look-up" and "score" are measured where they run, and
 //! "route" is the whole round trip through the fleet handle.
 
+mod common;
+
 #[path = "../tests/common/tokenizer.rs"]
 mod tokenizer_fixture;
 
@@ -144,8 +146,7 @@ struct Samples {
 }
 
 fn main() {
-    let small = std::env::var("CACHE_ROUTER_BENCH_SMALL").is_ok_and(|v| !v.is_empty() && v != "0")
-        || !std::env::args().any(|a| a == "--bench");
+    let small = common::small_mode();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

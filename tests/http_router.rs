@@ -95,6 +95,16 @@ async fn start_router_models(engines: &[(&str, &Engine, &str)], policy: PolicyKi
 }
 
 impl Router {
+    /// The index slot of worker `id`.
+    async fn slot(&self, id: &str) -> cache_router::index::WorkerIdx {
+        let id: cache_router::protocol::WorkerId = id.into();
+        self.fleet
+            .handle()
+            .query(move |f| f.worker(&id).unwrap().idx)
+            .await
+            .unwrap()
+    }
+
     async fn post(&self, path: &str, body: &Value) -> (StatusCode, Option<String>, Value) {
         let r = self
             .client
@@ -150,15 +160,7 @@ async fn repeated_prefix_sticks_to_its_worker_and_a_new_prefix_goes_to_least_cos
     assert_eq!(d["policy"], "cache-aware");
     // A new prefix goes to the least-cost worker: the one not loaded by a long stream.
     let other = if first == "a" { "b" } else { "a" };
-    let busy_slot = r
-        .fleet
-        .handle()
-        .query({
-            let first = first.clone();
-            move |f| f.worker(&first.as_str().into()).unwrap().idx
-        })
-        .await
-        .unwrap();
+    let busy_slot = r.slot(&first).await;
     let _held = r.inflight.begin(busy_slot, 500);
     let (s, w, _) = r
         .post(
@@ -282,12 +284,7 @@ async fn bad_input_gets_a_4xx_with_a_message_and_the_server_keeps_serving() {
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(w.as_deref(), Some("a"));
-    let slot = r
-        .fleet
-        .handle()
-        .query(|f| f.worker(&"a".into()).unwrap().idx)
-        .await
-        .unwrap();
+    let slot = r.slot("a").await;
     assert_eq!(r.inflight.load(slot).requests, 0);
     // Models and admin views.
     let models: Value = r
@@ -347,12 +344,7 @@ async fn streaming_chat_passes_through_the_router() {
         assert!(text.contains(&format!("\"k\":{k}")), "{text}");
     }
     assert!(text.contains("[DONE]"));
-    let slot = r
-        .fleet
-        .handle()
-        .query(|f| f.worker(&"a".into()).unwrap().idx)
-        .await
-        .unwrap();
+    let slot = r.slot("a").await;
     // The guard is released once the body finished.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while r.inflight.load(slot).requests != 0 {

@@ -394,11 +394,9 @@ impl Index {
     fn compact_log(&mut self, w: WorkerIdx) {
         let slot = w.get() as u16;
         let (blocks, spill) = (&self.blocks, &self.spill);
-        self.workers[w.get()].blocks.compact(|b| {
-            blocks
-                .get(&b)
-                .is_some_and(|r| r.holders.get(spill, slot).is_some())
-        });
+        self.workers[w.get()]
+            .blocks
+            .compact(|b| slot_holds(blocks, spill, b, slot));
     }
 
     /// Rebuilds `w`'s child counts and orphan count from scratch: O(w's blocks).
@@ -495,9 +493,7 @@ impl Index {
 
     /// Does `w` hold block `b`?
     pub fn holds(&self, w: WorkerIdx, b: BlockHash) -> bool {
-        self.blocks
-            .get(&b.0)
-            .is_some_and(|r| r.holders.get(&self.spill, w.get() as u16).is_some())
+        slot_holds(&self.blocks, &self.spill, b.0, w.get() as u16)
     }
 
     /// Workers holding `b`.
@@ -526,11 +522,7 @@ impl Index {
                 .raw()
                 .iter()
                 .copied()
-                .filter(|b| {
-                    self.blocks
-                        .get(b)
-                        .is_some_and(|r| r.holders.get(&self.spill, slot).is_some())
-                })
+                .filter(|&b| slot_holds(&self.blocks, &self.spill, b, slot))
                 .collect()
         });
         if v.len() > self.worker_blocks(w) {
@@ -739,6 +731,15 @@ impl Index {
         self.bisect(hashes, lo, mid, gone, tmp, out);
         self.bisect(hashes, mid, hi, kept, tmp, out);
     }
+}
+
+/// Does worker `slot` hold block `b` according to the forward map? A free function so it can
+/// be used while another field of the index is borrowed mutably.
+#[inline]
+fn slot_holds(blocks: &HashMap<u64, BlockRec, IdBuild>, spill: &Spill, b: u64, slot: u16) -> bool {
+    blocks
+        .get(&b)
+        .is_some_and(|r| r.holders.get(spill, slot).is_some())
 }
 
 /// Index of the first holder with `worker >= w` in the sorted `list`, found by exponential
