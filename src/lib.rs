@@ -11,6 +11,7 @@
 //!   the one function the router and every reporter share.
 //! - [`index`]: the global cache map (block hash → workers, worker → blocks), longest-prefix
 //!   look-ups, digests, a memory bound, and speculative entries.
+//! - [`kv_events`]: vLLM's native KV-cache events: the msgpack codec and the ZMQ framing.
 //! - [`policy`]: the cost function and the baselines (round-robin, random, least-loaded,
 //!   approx).
 //! - [`fleet`]: the router's state machine over the index: per-worker sequencing, gap, epoch
@@ -32,6 +33,8 @@ pub mod fleet;
 pub mod hashing;
 pub mod http;
 pub mod index;
+pub mod kv_events;
+pub mod mock;
 pub mod owner;
 pub mod policy;
 pub mod protocol;

@@ -27,6 +27,9 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Simulate a fleet offline and compare routing policies (hit rate, TTFT, imbalance).
     Sim(Box<sim::cli::SimArgs>),
+    /// Simulate one vLLM server (OpenAI API with dummy output, prefix cache, vLLM metrics and
+    /// KV events) for demos and tests.
+    MockWorker(Box<cache_router::mock::MockWorkerArgs>),
 }
 
 /// Exit code for a configuration error (BSD `EX_USAGE`), as linkerd does.
@@ -41,6 +44,40 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve::main(*args),
         Command::Sim(args) => run_sim(&args),
+        Command::MockWorker(args) => run_mock_worker(*args),
+    }
+}
+
+fn run_mock_worker(args: cache_router::mock::MockWorkerArgs) -> ExitCode {
+    if let Err(e) = args.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(serve::signal_shutdown(shutdown.clone()));
+        let kv = cache_router::mock::kv::start_kv_publisher(&args, shutdown.clone()).await?;
+        let events = kv.as_ref().map(|k| k.events.clone());
+        cache_router::mock::run(args, listener, events, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ cache_router::mock::MockError::Config(_)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EX_USAGE)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -342,7 +342,7 @@ async fn run(
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.
-async fn signal_shutdown(token: CancellationToken) {
+pub(crate) async fn signal_shutdown(token: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -403,7 +403,13 @@ mod tests {
             "no NATS: approx by default"
         );
         assert!(a.validate().is_ok());
-        for bad in ["nourl", "a.b=http://x", "a=ftp://x", "a=https://x", "a=http://x,model="] {
+        for bad in [
+            "nourl",
+            "a.b=http://x",
+            "a=ftp://x",
+            "a=https://x",
+            "a=http://x,model=",
+        ] {
             assert!(parse(&["--worker", bad]).validate().is_err(), "{bad}");
         }
         assert!(

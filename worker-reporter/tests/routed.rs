@@ -1,0 +1,323 @@
+//! End to end through the router: two mock vLLM engines, each with its own reporter on a real
+//! nats-server, and the router's HTTP app in-process with NATS discovery and the cache-aware
+//! policy. A repeated prompt must go back to the engine that cached it, and hit its cache.
+
+#[allow(dead_code)]
+#[path = "../../tests/common/nats.rs"]
+mod nats;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use cache_router::bus::ingest::{self, FleetHandle, IngestConfig};
+use cache_router::bus::{self, NatsArgs, StreamArgs};
+use cache_router::http::{self, inflight::InFlight, proxy::WORKER_HEADER, routes};
+use cache_router::mock::kv::start_kv_publisher;
+use cache_router::mock::{serve, AppState, MockWorkerArgs};
+use cache_router::policy::{PolicyConfig, PolicyKind};
+use cache_router::protocol::WorkerId;
+use cache_router::routing::{LoadSource, RoutingSetup};
+use cache_router::tokenize::ModelTokenizer;
+use nats::NatsServer;
+use worker_reporter::ReporterArgs;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(10);
+const MODEL: &str = "mock-model";
+const BS: usize = 16;
+
+fn tokenizer_file() -> PathBuf {
+    let dir = std::env::var_os("CACHE_ROUTER_TOKENIZER_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures/deepseek"),
+        PathBuf::from,
+    );
+    dir.join("tokenizer.json")
+}
+
+#[derive(Parser)]
+struct MockCli {
+    #[command(flatten)]
+    args: MockWorkerArgs,
+}
+
+struct Engine {
+    state: Arc<AppState>,
+    url: String,
+    events_port: u16,
+    token: CancellationToken,
+}
+
+async fn start_engine() -> Engine {
+    let argv = [
+        "mock".to_string(),
+        "--model".into(),
+        MODEL.into(),
+        "--tokenizer".into(),
+        tokenizer_file().display().to_string(),
+        "--block-size".into(),
+        BS.to_string(),
+        "--speedup".into(),
+        "10000".into(),
+        "--kv-events-endpoint".into(),
+        "tcp://127.0.0.1:0".into(),
+    ];
+    let args = MockCli::parse_from(argv).args;
+    let token = CancellationToken::new();
+    let kv = start_kv_publisher(&args, token.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    let events_port = kv
+        .events_endpoint
+        .as_deref()
+        .and_then(|e| e.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("bound KV events endpoint");
+    let state = AppState::from_args(&args, Some(kv.events.clone())).unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve(state.clone(), listener, token.clone()));
+    Engine {
+        state,
+        url,
+        events_port,
+        token,
+    }
+}
+
+fn start_reporter(nats: &str, worker: &str, engine: &Engine) -> CancellationToken {
+    let argv = [
+        "worker-reporter".to_string(),
+        "--worker-id".into(),
+        worker.into(),
+        "--engine-url".into(),
+        engine.url.clone(),
+        "--model".into(),
+        MODEL.into(),
+        "--block-size".into(),
+        BS.to_string(),
+        "--zmq-endpoint".into(),
+        format!("tcp://127.0.0.1:{}", engine.events_port),
+        "--nats".into(),
+        nats.into(),
+        "--digest-interval".into(),
+        "300ms".into(),
+        "--load-interval".into(),
+        "100ms".into(),
+    ];
+    let args = ReporterArgs::parse_from(argv);
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move { worker_reporter::run(args, t).await.unwrap() });
+    token
+}
+
+/// The router as `cache-router serve --nats URL --model mock-model --tokenizer ...
+/// --block-size 16 --policy cache-aware` wires it, on 127.0.0.1. Speculation is off so the
+/// second request can only find the first one's blocks through the reported KV events.
+async fn start_router(nats: &str) -> (String, FleetHandle, CancellationToken) {
+    let inflight = InFlight::new(64);
+    let loads: Arc<dyn LoadSource> = Arc::new(inflight.clone());
+    let mut config = IngestConfig::new(NatsArgs::for_url(nats));
+    config.resync_timeout = Duration::from_secs(2);
+    config.limits = StreamArgs {
+        registry_ttl_ms: 600,
+        ..StreamArgs::default()
+    };
+    config.routing = RoutingSetup {
+        policy: PolicyKind::CacheAware,
+        config: PolicyConfig::default(),
+        speculation: None,
+    };
+    config.loads = loads;
+    let token = CancellationToken::new();
+    let client = bus::connect(&NatsArgs::for_url(nats), "test-router")
+        .await
+        .unwrap();
+    let plane = ingest::start(client, config, token.clone()).await.unwrap();
+    let fleet = plane.handle();
+    std::mem::forget(plane);
+
+    let tok = ModelTokenizer::from_files(&tokenizer_file(), None, None)
+        .unwrap()
+        .with_model(MODEL, BS);
+    let mut models = routes::Models::new();
+    models.insert(MODEL.into(), Arc::new(tok));
+    let state = http::AppState::new(fleet.clone(), models, inflight);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(http::serve(listener, http::app(state), token.clone()));
+    (base, fleet, token)
+}
+
+/// Polls until `what` holds, or fails after `PATIENCE`.
+async fn wait_until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting until {what}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn registered_workers(fleet: &FleetHandle) -> usize {
+    fleet
+        .query(|f| f.workers().filter(|(_, e)| e.info.is_some()).count())
+        .await
+        .unwrap_or(0)
+}
+
+/// POSTs a completion through the router; returns the serving worker and the response body.
+async fn complete(http: &reqwest::Client, router: &str, prompt: &str) -> (String, Value) {
+    let resp = http
+        .post(format!("{router}/v1/completions"))
+        .json(&serde_json::json!({"model": MODEL, "prompt": prompt, "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let worker = resp
+        .headers()
+        .get(WORKER_HEADER)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body: Value = resp.json().await.unwrap();
+    assert!(status.is_success(), "{status}: {body}");
+    (worker.expect("the router names the serving worker"), body)
+}
+
+/// The engine's `vllm:prefix_cache_hits_total` from its /metrics.
+async fn metric_hits(http: &reqwest::Client, engine: &Engine) -> f64 {
+    let text = http
+        .get(format!("{}/metrics", engine.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("vllm:prefix_cache_hits_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("vllm:prefix_cache_hits_total in the engine's /metrics")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_request_lands_on_the_same_engine_and_hits_its_cache() {
+    let nats = NatsServer::start();
+    let (router, fleet, router_token) = start_router(&nats.url()).await;
+    let engines = [("w1", start_engine().await), ("w2", start_engine().await)];
+    let _reporters: Vec<_> = engines
+        .iter()
+        .map(|(id, e)| start_reporter(&nats.url(), id, e))
+        .collect();
+
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    wait_until(
+        "both workers are registered and the router is ready",
+        || async {
+            let ready = http
+                .get(format!("{router}/ready"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            ready && registered_workers(&fleet).await == 2
+        },
+    )
+    .await;
+
+    let prompt: String = (0..30)
+        .map(|i| {
+            format!(
+                "Paragraph {i} describes item {} in the inventory list. ",
+                i * 7 + 3
+            )
+        })
+        .collect();
+
+    let (first, body) = complete(&http, &router, &prompt).await;
+    let prompt_tokens = body["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
+    assert!(
+        prompt_tokens >= 250,
+        "prompt is only {prompt_tokens} tokens"
+    );
+    let full_blocks = prompt_tokens / BS;
+    let engine = |id: &str| {
+        &engines
+            .iter()
+            .find(|(w, _)| *w == id)
+            .expect("known worker")
+            .1
+    };
+
+    // The first request's blocks reach the router's index through ZMQ → reporter → NATS.
+    let id = WorkerId::from(first.as_str());
+    wait_until(
+        "the router's index holds the first request's blocks",
+        || {
+            let id = id.clone();
+            let fleet = fleet.clone();
+            async move {
+                let held = fleet
+                    .query(move |f| f.worker_blocks(&id).len())
+                    .await
+                    .unwrap_or(0);
+                held >= full_blocks
+            }
+        },
+    )
+    .await;
+
+    let stats_before: Vec<_> = engines
+        .iter()
+        .map(|(_, e)| e.state.engine.stats())
+        .collect();
+    let metric_before = metric_hits(&http, engine(&first)).await;
+
+    let (second, body) = complete(&http, &router, &prompt).await;
+    assert_eq!(
+        second, first,
+        "the repeated request must go to the engine that cached it"
+    );
+
+    let cached = body["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(cached > 0, "no cached tokens reported: {body}");
+    for ((id, e), before) in engines.iter().zip(&stats_before) {
+        let after = e.state.engine.stats();
+        if *id == first {
+            assert!(
+                after.prefix_cache_hits_tokens > before.prefix_cache_hits_tokens,
+                "{id}: prefix cache hits did not go up ({} -> {})",
+                before.prefix_cache_hits_tokens,
+                after.prefix_cache_hits_tokens
+            );
+        } else {
+            assert_eq!(
+                after.prefix_cache_hits_tokens, before.prefix_cache_hits_tokens,
+                "{id} served nothing"
+            );
+        }
+    }
+    let metric_after = metric_hits(&http, engine(&first)).await;
+    assert!(
+        metric_after > metric_before,
+        "vllm:prefix_cache_hits_total did not go up ({metric_before} -> {metric_after})"
+    );
+
+    router_token.cancel();
+    for (_, e) in &engines {
+        e.token.cancel();
+    }
+}
