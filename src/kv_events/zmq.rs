@@ -202,6 +202,8 @@ async fn serve_replay(mut router: RouterSocket, buffer: ReplayBuffer, topic: Vec
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "replay socket receive failed");
+                // Do not spin on a socket that keeps failing.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };

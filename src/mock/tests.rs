@@ -10,23 +10,12 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::kv_events::{EngineHash, KvEvent, KvEventBatch};
 
+#[allow(dead_code)]
+#[path = "../../tests/common/tokenizer.rs"]
+mod tokenizer;
+
 fn tokenizer_dir() -> PathBuf {
-    let dir = match std::env::var_os("CACHE_ROUTER_TOKENIZER_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| manifest.join("target"), |t| manifest.join(t));
-            target.join("fixtures/deepseek")
-        }
-    };
-    assert!(
-        dir.join("tokenizer.json").is_file(),
-        "the DeepSeek tokenizer fixture is missing at {}: run scripts/fetch-tokenizer.sh or \
-         set CACHE_ROUTER_TOKENIZER_DIR",
-        dir.display()
-    );
-    dir
+    tokenizer::deepseek_dir()
 }
 
 struct Mock {

@@ -3,16 +3,11 @@
 //! worker must equal the engine's cache, translated to our hashes, through evictions, a
 //! cleared cache, dropped events and an engine restart.
 
-#[allow(dead_code)]
-#[path = "../../tests/common/nats.rs"]
-mod nats;
+mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
@@ -20,132 +15,13 @@ use tokio_util::sync::CancellationToken;
 use cache_router::bus::ingest::{self, FleetHandle, IngestConfig};
 use cache_router::bus::{self, NatsArgs, StreamArgs};
 use cache_router::hashing::{block_hashes, namespace_seed};
-use cache_router::mock::kv::start_kv_publisher;
-use cache_router::mock::{engine_block_hashes, serve, AppState, MockWorkerArgs};
+use cache_router::mock::engine_block_hashes;
 use cache_router::protocol::{BlockHash, WorkerId};
-use nats::NatsServer;
-use worker_reporter::ReporterArgs;
+use common::nats::NatsServer;
+use common::{start_engine, start_reporter, Engine, BS, MODEL};
 
 const PATIENCE: Duration = Duration::from_secs(30);
-const MODEL: &str = "mock-model";
-const BS: usize = 16;
 const WORKER: &str = "w1";
-
-fn tokenizer_file() -> PathBuf {
-    let dir = std::env::var_os("CACHE_ROUTER_TOKENIZER_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures/deepseek"),
-        PathBuf::from,
-    );
-    dir.join("tokenizer.json")
-}
-
-#[derive(Parser)]
-struct MockCli {
-    #[command(flatten)]
-    args: MockWorkerArgs,
-}
-
-struct Engine {
-    state: Arc<AppState>,
-    url: String,
-    token: CancellationToken,
-}
-
-/// Starts a mock engine; `ports` reuses the HTTP, events and replay ports of a previous one.
-async fn start_engine(
-    num_blocks: usize,
-    drop: f64,
-    replay: bool,
-    ports: Option<(u16, u16, u16)>,
-) -> (Engine, (u16, u16, u16)) {
-    let (hp, ep, rp) = ports.unwrap_or((0, 0, 0));
-    let mut argv = vec![
-        "mock".to_string(),
-        "--tokenizer".into(),
-        tokenizer_file().display().to_string(),
-        "--num-blocks".into(),
-        num_blocks.to_string(),
-        "--block-size".into(),
-        BS.to_string(),
-        "--speedup".into(),
-        "10000".into(),
-        "--kv-events-endpoint".into(),
-        format!("tcp://127.0.0.1:{ep}"),
-        "--kv-drop-fraction".into(),
-        drop.to_string(),
-    ];
-    if replay {
-        argv.extend([
-            "--kv-replay-endpoint".into(),
-            format!("tcp://127.0.0.1:{rp}"),
-        ]);
-    }
-    let args = MockCli::parse_from(argv).args;
-    let token = CancellationToken::new();
-    let kv = start_kv_publisher(&args, token.clone())
-        .await
-        .unwrap()
-        .unwrap();
-    let port_of = |e: &Option<String>| -> u16 {
-        e.as_deref()
-            .and_then(|e| e.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0)
-    };
-    let (ep, rp) = (port_of(&kv.events_endpoint), port_of(&kv.replay_endpoint));
-    let state = AppState::from_args(&args, Some(kv.events.clone())).unwrap();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", hp))
-        .await
-        .unwrap();
-    let hp = listener.local_addr().unwrap().port();
-    tokio::spawn(serve(state.clone(), listener, token.clone()));
-    let engine = Engine {
-        state,
-        url: format!("http://127.0.0.1:{hp}"),
-        token,
-    };
-    (engine, (hp, ep, rp))
-}
-
-fn start_reporter(
-    nats: &str,
-    engine: &str,
-    ports: (u16, u16, u16),
-    replay: bool,
-) -> CancellationToken {
-    let mut argv = vec![
-        "worker-reporter".to_string(),
-        "--worker-id".into(),
-        WORKER.into(),
-        "--engine-url".into(),
-        engine.into(),
-        "--model".into(),
-        MODEL.into(),
-        "--block-size".into(),
-        BS.to_string(),
-        "--zmq-endpoint".into(),
-        format!("tcp://127.0.0.1:{}", ports.1),
-        "--nats".into(),
-        nats.into(),
-        "--digest-interval".into(),
-        "300ms".into(),
-        "--load-interval".into(),
-        "100ms".into(),
-        "--registry-ttl-ms".into(),
-        "600".into(),
-    ];
-    if replay {
-        argv.extend([
-            "--zmq-replay-endpoint".into(),
-            format!("tcp://127.0.0.1:{}", ports.2),
-        ]);
-    }
-    let args = ReporterArgs::parse_from(argv);
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move { worker_reporter::run(args, t).await.unwrap() });
-    token
-}
 
 async fn start_router(url: &str) -> (FleetHandle, CancellationToken) {
     let mut c = IngestConfig::new(NatsArgs::for_url(url));
@@ -275,7 +151,7 @@ async fn index_equals_engine_cache_through_evictions_and_a_cleared_cache() {
     let nats = NatsServer::start();
     let (h, _rt) = start_router(&nats.url()).await;
     let (engine, ports) = start_engine(48, 0.0, true, None).await;
-    let _rep = start_reporter(&nats.url(), &engine.url, ports, true);
+    let _rep = start_reporter(&nats.url(), WORKER, &engine.url, ports, true);
     wait_for_worker(&h).await;
     let mut t = Traffic::new(1);
     t.send(&engine.url, 40).await;
@@ -306,7 +182,7 @@ async fn dropped_events_are_recovered_by_replay() {
     let nats = NatsServer::start();
     let (h, _rt) = start_router(&nats.url()).await;
     let (engine, ports) = start_engine(48, 0.3, true, None).await;
-    let _rep = start_reporter(&nats.url(), &engine.url, ports, true);
+    let _rep = start_reporter(&nats.url(), WORKER, &engine.url, ports, true);
     // The first live batch after connecting may itself be dropped: wait for any message
     // (load or digest) rather than an event.
     wait_for_worker(&h).await;
@@ -321,7 +197,7 @@ async fn engine_restart_starts_a_new_epoch() {
     let nats = NatsServer::start();
     let (h, _rt) = start_router(&nats.url()).await;
     let (engine, ports) = start_engine(48, 0.0, true, None).await;
-    let _rep = start_reporter(&nats.url(), &engine.url, ports, true);
+    let _rep = start_reporter(&nats.url(), WORKER, &engine.url, ports, true);
     wait_for_worker(&h).await;
     let mut t = Traffic::new(3);
     t.send(&engine.url, 10).await;
@@ -366,12 +242,12 @@ async fn registration_is_deleted_on_shutdown_and_lapses_when_the_engine_dies() {
     let nats = NatsServer::start();
     let (h, _rt) = start_router(&nats.url()).await;
     let (engine, ports) = start_engine(48, 0.0, true, None).await;
-    let rep = start_reporter(&nats.url(), &engine.url, ports, true);
+    let rep = start_reporter(&nats.url(), WORKER, &engine.url, ports, true);
     wait_registered(&h, true, "the reporter should register a live engine").await;
     rep.cancel();
     wait_registered(&h, false, "a stopped reporter should deregister").await;
 
-    let _rep = start_reporter(&nats.url(), &engine.url, ports, true);
+    let _rep = start_reporter(&nats.url(), WORKER, &engine.url, ports, true);
     wait_registered(&h, true, "the restarted reporter should register again").await;
     engine.token.cancel();
     wait_registered(
@@ -391,7 +267,7 @@ async fn dropped_events_without_replay_start_a_new_epoch() {
     let nats = NatsServer::start();
     let (h, _rt) = start_router(&nats.url()).await;
     let (engine, ports) = start_engine(48, 0.3, false, None).await;
-    let _rep = start_reporter(&nats.url(), &engine.url, ports, false);
+    let _rep = start_reporter(&nats.url(), WORKER, &engine.url, ports, false);
     wait_for_worker(&h).await;
     let first = router_epoch(&h).await.unwrap();
     let mut t = Traffic::new(4);

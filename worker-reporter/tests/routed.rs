@@ -2,122 +2,26 @@
 //! nats-server, and the router's HTTP app in-process with NATS discovery and the cache-aware
 //! policy. A repeated prompt must go back to the engine that cached it, and hit its cache.
 
-#[allow(dead_code)]
-#[path = "../../tests/common/nats.rs"]
-mod nats;
+mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use cache_router::bus::ingest::{self, FleetHandle, IngestConfig};
 use cache_router::bus::{self, NatsArgs, StreamArgs};
 use cache_router::http::{self, inflight::InFlight, proxy::WORKER_HEADER, routes};
-use cache_router::mock::kv::start_kv_publisher;
-use cache_router::mock::{serve, AppState, MockWorkerArgs};
 use cache_router::policy::{PolicyConfig, PolicyKind};
 use cache_router::protocol::WorkerId;
 use cache_router::routing::{LoadSource, RoutingSetup};
 use cache_router::tokenize::ModelTokenizer;
-use nats::NatsServer;
-use worker_reporter::ReporterArgs;
+use common::nats::NatsServer;
+use common::{start_engine, start_reporter, tokenizer_file, Engine, BS, MODEL};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(10);
-const MODEL: &str = "mock-model";
-const BS: usize = 16;
-
-fn tokenizer_file() -> PathBuf {
-    let dir = std::env::var_os("CACHE_ROUTER_TOKENIZER_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures/deepseek"),
-        PathBuf::from,
-    );
-    dir.join("tokenizer.json")
-}
-
-#[derive(Parser)]
-struct MockCli {
-    #[command(flatten)]
-    args: MockWorkerArgs,
-}
-
-struct Engine {
-    state: Arc<AppState>,
-    url: String,
-    events_port: u16,
-    token: CancellationToken,
-}
-
-async fn start_engine() -> Engine {
-    let argv = [
-        "mock".to_string(),
-        "--model".into(),
-        MODEL.into(),
-        "--tokenizer".into(),
-        tokenizer_file().display().to_string(),
-        "--block-size".into(),
-        BS.to_string(),
-        "--speedup".into(),
-        "10000".into(),
-        "--kv-events-endpoint".into(),
-        "tcp://127.0.0.1:0".into(),
-    ];
-    let args = MockCli::parse_from(argv).args;
-    let token = CancellationToken::new();
-    let kv = start_kv_publisher(&args, token.clone())
-        .await
-        .unwrap()
-        .unwrap();
-    let events_port = kv
-        .events_endpoint
-        .as_deref()
-        .and_then(|e| e.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("bound KV events endpoint");
-    let state = AppState::from_args(&args, Some(kv.events.clone())).unwrap();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(state.clone(), listener, token.clone()));
-    Engine {
-        state,
-        url,
-        events_port,
-        token,
-    }
-}
-
-fn start_reporter(nats: &str, worker: &str, engine: &Engine) -> CancellationToken {
-    let argv = [
-        "worker-reporter".to_string(),
-        "--worker-id".into(),
-        worker.into(),
-        "--engine-url".into(),
-        engine.url.clone(),
-        "--model".into(),
-        MODEL.into(),
-        "--block-size".into(),
-        BS.to_string(),
-        "--zmq-endpoint".into(),
-        format!("tcp://127.0.0.1:{}", engine.events_port),
-        "--nats".into(),
-        nats.into(),
-        "--digest-interval".into(),
-        "300ms".into(),
-        "--load-interval".into(),
-        "100ms".into(),
-    ];
-    let args = ReporterArgs::parse_from(argv);
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move { worker_reporter::run(args, t).await.unwrap() });
-    token
-}
 
 /// The router as `cache-router serve --nats URL --model mock-model --tokenizer ...
 /// --block-size 16 --policy cache-aware` wires it, on 127.0.0.1. Speculation is off so the
@@ -216,10 +120,13 @@ async fn metric_hits(http: &reqwest::Client, engine: &Engine) -> f64 {
 async fn a_repeated_request_lands_on_the_same_engine_and_hits_its_cache() {
     let nats = NatsServer::start();
     let (router, fleet, router_token) = start_router(&nats.url()).await;
-    let engines = [("w1", start_engine().await), ("w2", start_engine().await)];
+    let engines = [
+        ("w1", start_engine(2000, 0.0, false, None).await.0),
+        ("w2", start_engine(2000, 0.0, false, None).await.0),
+    ];
     let _reporters: Vec<_> = engines
         .iter()
-        .map(|(id, e)| start_reporter(&nats.url(), id, e))
+        .map(|(id, e)| start_reporter(&nats.url(), id, &e.url, e.ports, false))
         .collect();
 
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
