@@ -18,9 +18,8 @@ use cache_router::hashing::{block_hashes, namespace_seed};
 use cache_router::mock::engine_block_hashes;
 use cache_router::protocol::{BlockHash, WorkerId};
 use common::nats::NatsServer;
-use common::{start_engine, start_reporter, Engine, BS, MODEL};
+use common::{start_engine, start_reporter, wait_until, Engine, BS, MODEL, PATIENCE};
 
-const PATIENCE: Duration = Duration::from_secs(30);
 const WORKER: &str = "w1";
 
 async fn start_router(url: &str) -> (FleetHandle, CancellationToken) {
@@ -136,14 +135,10 @@ async fn converge(h: &FleetHandle, t: &Traffic, engine: &Engine, what: &str) {
 
 /// Waits until the reporter's first message reached the router (its SUB is connected).
 async fn wait_for_worker(h: &FleetHandle) {
-    let start = Instant::now();
-    while router_epoch(h).await.is_none() {
-        assert!(
-            start.elapsed() < PATIENCE,
-            "reporter never reached the router"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("the reporter reached the router", || async {
+        router_epoch(h).await.is_some()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,11 +225,7 @@ async fn registered(h: &FleetHandle) -> bool {
 }
 
 async fn wait_registered(h: &FleetHandle, want: bool, what: &str) {
-    let start = Instant::now();
-    while registered(h).await != want {
-        assert!(start.elapsed() < PATIENCE, "{what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(what, || async { registered(h).await == want }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,14 +263,10 @@ async fn dropped_events_without_replay_start_a_new_epoch() {
     let first = router_epoch(&h).await.unwrap();
     let mut t = Traffic::new(4);
     t.send(&engine.url, 40).await;
-    let start = Instant::now();
-    while router_epoch(&h).await == Some(first) {
-        assert!(
-            start.elapsed() < PATIENCE,
-            "no new epoch after a gap without replay"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("a new epoch after a gap without replay", || async {
+        router_epoch(&h).await != Some(first)
+    })
+    .await;
     let known: std::collections::HashSet<_> = t.ours.values().copied().collect();
     let view = router_view(&h).await;
     assert!(

@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -18,10 +18,7 @@ use cache_router::protocol::WorkerId;
 use cache_router::routing::{LoadSource, RoutingSetup};
 use cache_router::tokenize::ModelTokenizer;
 use common::nats::NatsServer;
-use common::{start_engine, start_reporter, tokenizer_file, Engine, BS, MODEL};
-
-const PATIENCE: Duration = Duration::from_secs(30);
-const POLL: Duration = Duration::from_millis(10);
+use common::{start_engine, start_reporter, tokenizer_file, wait_until, Engine, BS, MODEL};
 
 /// The router as `cache-router serve --nats URL --model mock-model --tokenizer ...
 /// --block-size 16 --policy cache-aware` wires it, on 127.0.0.1. Speculation is off so the
@@ -59,19 +56,6 @@ async fn start_router(nats: &str) -> (String, FleetHandle, CancellationToken) {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(http::serve(listener, http::app(state), token.clone()));
     (base, fleet, token)
-}
-
-/// Polls until `what` holds, or fails after `PATIENCE`.
-async fn wait_until<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !cond().await {
-        assert!(start.elapsed() < PATIENCE, "timed out waiting until {what}");
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 async fn registered_workers(fleet: &FleetHandle) -> usize {

@@ -7,6 +7,7 @@ pub(crate) mod nats;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +15,10 @@ use tokio_util::sync::CancellationToken;
 use cache_router::mock::kv::start_kv_publisher;
 use cache_router::mock::{serve, AppState, MockWorkerArgs};
 use worker_reporter::ReporterArgs;
+
+/// How long state may take to converge before a test fails.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const POLL: Duration = Duration::from_millis(10);
 
 pub(crate) const MODEL: &str = "mock-model";
 pub(crate) const BS: usize = 16;
@@ -136,4 +141,17 @@ pub(crate) fn start_reporter(
     let t = token.clone();
     tokio::spawn(async move { worker_reporter::run(args, t).await.unwrap() });
     token
+}
+
+/// Polls until `cond` holds (state that converges asynchronously), or fails after `PATIENCE`.
+pub(crate) async fn wait_until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting until {what}");
+        tokio::time::sleep(POLL).await;
+    }
 }
