@@ -1,6 +1,7 @@
 //! The reporter's async loops: engine KV events (with gap replay and resync), digests, load,
 //! and the registry entry, all stopped by one cancellation token.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,6 +13,7 @@ use cache_router::kv_events::decode_batch;
 use cache_router::kv_events::zmq::{fetch_replay, EventSubscriber, ZmqError};
 use cache_router::protocol::{WorkerId, WorkerInfo};
 use tokio_util::sync::CancellationToken;
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::mirror::Mirror;
 
@@ -152,6 +154,8 @@ pub async fn run(args: ReporterArgs, shutdown: CancellationToken) -> Result<(), 
             replay: args.zmq_replay_endpoint.clone(),
             timeout: args.engine_timeout,
             last_seq: None,
+            recent: VecDeque::with_capacity(RECENT_BATCHES),
+            live_since_tick: false,
             stats: EventStats::default(),
         }
         .run(sub, args.digest_interval, shutdown.clone()),
@@ -314,7 +318,12 @@ struct EventStats {
     replayed: u64,
     resyncs: u64,
     restarts: u64,
+    duplicates: u64,
 }
+
+/// Recently applied batches remembered to recognise a duplicate: a batch fetched by the tail
+/// probe can still arrive live afterwards, and must not pass for an engine restart.
+const RECENT_BATCHES: usize = 1024;
 
 struct EventLoop {
     mirror: Mirror,
@@ -322,6 +331,10 @@ struct EventLoop {
     replay: Option<String>,
     timeout: Duration,
     last_seq: Option<u64>,
+    /// `(seq, xxh3 of payload)` of the last [`RECENT_BATCHES`] applied batches.
+    recent: VecDeque<(u64, u64)>,
+    /// Whether a live batch arrived since the last digest tick (then no tail can be lost).
+    live_since_tick: bool,
     stats: EventStats,
 }
 
@@ -338,9 +351,11 @@ impl EventLoop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = digest.tick() => {
-                    // A batch lost at the tail shows no gap until the next one arrives; ask the
-                    // replay socket for anything after the last seen sequence.
-                    self.probe_tail().await;
+                    // A batch lost at the tail shows no gap until the next one arrives; when
+                    // the stream went quiet, ask the replay socket for anything after it.
+                    if !std::mem::take(&mut self.live_since_tick) {
+                        self.probe_tail().await;
+                    }
                     if let Err(e) = self.publisher.publish_digest().await {
                         tracing::warn!("publish digest: {e}");
                     }
@@ -358,8 +373,13 @@ impl EventLoop {
     }
 
     async fn on_live(&mut self, seq: u64, payload: &[u8]) {
+        self.live_since_tick = true;
         match self.last_seq {
             Some(last) if seq == last.wrapping_add(1) => {}
+            Some(last) if seq <= last && self.applied(seq, payload) => {
+                self.stats.duplicates += 1;
+                return;
+            }
             Some(last) if seq <= last => {
                 // vLLM numbers batches from 0 per process: a step back is a new engine with an
                 // empty cache.
@@ -388,8 +408,16 @@ impl EventLoop {
         self.apply(seq, payload).await;
     }
 
+    fn applied(&self, seq: u64, payload: &[u8]) -> bool {
+        self.recent.contains(&(seq, xxh3_64(payload)))
+    }
+
     async fn apply(&mut self, seq: u64, payload: &[u8]) {
         self.last_seq = Some(seq);
+        if self.recent.len() == RECENT_BATCHES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((seq, xxh3_64(payload)));
         self.stats.batches += 1;
         let batch = match decode_batch(payload) {
             Ok(b) => b,
