@@ -37,6 +37,18 @@ pub enum ZmqError {
     Frames(#[from] frames::FrameError),
 }
 
+/// Names the operation and endpoint of a failed socket call.
+fn failed<'a>(
+    op: &'static str,
+    endpoint: &'a str,
+) -> impl FnOnce(zeromq::ZmqError) -> ZmqError + 'a {
+    move |source| ZmqError::Socket {
+        op,
+        endpoint: endpoint.to_owned(),
+        source,
+    }
+}
+
 /// vLLM binds its PUB socket only when the endpoint has a wildcard host (or is ipc/inproc);
 /// `tcp://127.0.0.1:P` makes it connect. The same rule tells a consumer which side it is.
 pub fn engine_binds(endpoint: &str) -> bool {
@@ -98,21 +110,10 @@ impl EnginePublisher {
             let at = publisher
                 .bind(&bindable(ep))
                 .await
-                .map_err(|source| ZmqError::Socket {
-                    op: "bind",
-                    endpoint: ep.clone(),
-                    source,
-                })?;
+                .map_err(failed("bind", ep))?;
             bound_events = Some(at.to_string());
         } else {
-            publisher
-                .connect(ep)
-                .await
-                .map_err(|source| ZmqError::Socket {
-                    op: "connect",
-                    endpoint: ep.clone(),
-                    source,
-                })?;
+            publisher.connect(ep).await.map_err(failed("connect", ep))?;
         }
         let mut bound_replay = None;
         let router = match &config.replay_endpoint {
@@ -121,11 +122,7 @@ impl EnginePublisher {
                 let at = router
                     .bind(&bindable(rep))
                     .await
-                    .map_err(|source| ZmqError::Socket {
-                        op: "bind",
-                        endpoint: rep.clone(),
-                        source,
-                    })?;
+                    .map_err(failed("bind", rep))?;
                 bound_replay = Some(at.to_string());
                 Some(router)
             }
@@ -278,33 +275,17 @@ impl EventSubscriber {
         } else {
             socket.connect(endpoint).await.map_err(|s| ("connect", s))
         };
-        res.map_err(|(op, source)| ZmqError::Socket {
-            op,
-            endpoint: endpoint.into(),
-            source,
-        })?;
+        res.map_err(|(op, source)| failed(op, endpoint)(source))?;
         socket
             .subscribe(topic)
             .await
-            .map_err(|source| ZmqError::Socket {
-                op: "subscribe",
-                endpoint: endpoint.into(),
-                source,
-            })?;
+            .map_err(failed("subscribe", endpoint))?;
         Ok(EventSubscriber { socket })
     }
 
     pub async fn recv(&mut self) -> Result<LiveMessage, ZmqError> {
         loop {
-            let msg = self
-                .socket
-                .recv()
-                .await
-                .map_err(|source| ZmqError::Socket {
-                    op: "recv",
-                    endpoint: String::new(),
-                    source,
-                })?;
+            let msg = self.socket.recv().await.map_err(failed("recv", ""))?;
             let frames: Vec<Bytes> = msg.into_vec();
             let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_ref()).collect();
             match frames::parse_live(&refs) {
@@ -333,26 +314,14 @@ pub async fn fetch_replay(
         dealer
             .connect(endpoint)
             .await
-            .map_err(|source| ZmqError::Socket {
-                op: "connect",
-                endpoint: endpoint.into(),
-                source,
-            })?;
+            .map_err(failed("connect", endpoint))?;
         dealer
             .send(zmq_message(frames::replay_request(start_seq).into()))
             .await
-            .map_err(|source| ZmqError::Socket {
-                op: "send",
-                endpoint: endpoint.into(),
-                source,
-            })?;
+            .map_err(failed("send", endpoint))?;
         let mut out = Vec::new();
         loop {
-            let msg = dealer.recv().await.map_err(|source| ZmqError::Socket {
-                op: "recv",
-                endpoint: endpoint.into(),
-                source,
-            })?;
+            let msg = dealer.recv().await.map_err(failed("recv", endpoint))?;
             let frames: Vec<Bytes> = msg.into_vec();
             let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_ref()).collect();
             let reply = frames::parse_replay_reply(&refs)?;

@@ -97,13 +97,22 @@ impl Mirror {
         }
     }
 
-    fn stored(&mut self, s: &BlockStored) -> Option<Body> {
-        if !is_gpu(&s.medium) {
+    /// Whether an event of this tier and KV group is reported (see the module docs); counts
+    /// the ones that are not.
+    fn reported(&mut self, medium: &Option<String>, group_idx: Option<u32>) -> bool {
+        if !is_gpu(medium) {
             self.skipped.non_gpu_medium += 1;
-            return None;
+            return false;
         }
-        if s.group_idx.is_some_and(|g| g != 0) {
+        if group_idx.is_some_and(|g| g != 0) {
             self.skipped.other_group += 1;
+            return false;
+        }
+        true
+    }
+
+    fn stored(&mut self, s: &BlockStored) -> Option<Body> {
+        if !self.reported(&s.medium, s.group_idx) {
             return None;
         }
         let bs = self.block_size;
@@ -148,12 +157,7 @@ impl Mirror {
     }
 
     fn removed(&mut self, r: &BlockRemoved) -> Option<Body> {
-        if !is_gpu(&r.medium) {
-            self.skipped.non_gpu_medium += 1;
-            return None;
-        }
-        if r.group_idx.is_some_and(|g| g != 0) {
-            self.skipped.other_group += 1;
+        if !self.reported(&r.medium, r.group_idx) {
             return None;
         }
         let mut blocks = Vec::with_capacity(r.block_hashes.len());
