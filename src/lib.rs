@@ -29,6 +29,7 @@
 //! ← bus / http.
 
 pub mod bus;
+pub mod demo;
 pub mod fleet;
 pub mod hashing;
 pub mod http;

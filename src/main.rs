@@ -30,6 +30,10 @@ enum Command {
     /// Simulate one vLLM server (OpenAI API with dummy output, prefix cache, vLLM metrics and
     /// KV events) for demos and tests.
     MockWorker(Box<cache_router::mock::MockWorkerArgs>),
+    /// Run the whole system locally: nats-server, mock engines with a worker-reporter each, a
+    /// router per policy, and a chat + RAG (or Mooncake trace) replay through it; prints a
+    /// policy comparison and writes PNG plots. Ctrl-C stops every child cleanly.
+    Demo(Box<cache_router::demo::DemoArgs>),
 }
 
 /// Exit code for a configuration error (BSD `EX_USAGE`), as linkerd does.
@@ -45,6 +49,39 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::main(*args),
         Command::Sim(args) => run_sim(&args),
         Command::MockWorker(args) => run_mock_worker(*args),
+        Command::Demo(args) => run_demo(*args),
+    }
+}
+
+fn run_demo(args: cache_router::demo::DemoArgs) -> ExitCode {
+    use cache_router::demo::DemoError;
+    if let Err(e) = args.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(serve::signal_shutdown(shutdown.clone()));
+        cache_router::demo::run(args, shutdown).await
+    });
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(DemoError::Cancelled) => ExitCode::from(130),
+        Err(e @ DemoError::Config(_)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EX_USAGE)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -62,6 +62,10 @@ struct State {
 pub struct MockEngine {
     state: Mutex<State>,
     released: Notify,
+    /// Prefills run one at a time, as in the simulator: prefill is compute-bound, so a GPU
+    /// serves concurrent prompts' prefills one after another, and queued prefill is what makes
+    /// uncached prompts slow for everyone behind them.
+    prefill_slot: tokio::sync::Mutex<()>,
     block_size: usize,
     timing: TimingModel,
     speedup: f64,
@@ -123,6 +127,7 @@ impl MockEngine {
                 queries_tokens: 0,
             }),
             released: Notify::new(),
+            prefill_slot: tokio::sync::Mutex::new(()),
             block_size: block_size.max(1),
             timing,
             speedup: if speedup > 0.0 { speedup } else { 1.0 },
@@ -275,13 +280,14 @@ impl MockEngine {
         Duration::try_from_secs_f64(ms / 1000.0 / self.speedup).unwrap_or(Duration::ZERO)
     }
 
-    /// Sleeps for the lease's prefill.
+    /// Waits for the engine's prefill slot (FIFO), then sleeps for the lease's prefill.
     pub async fn prefill(&self, lease: &Lease) {
         let d = self.scaled(
             self.timing
                 .prefill_ms(lease.prompt_tokens as u64, lease.cached_tokens as u64),
         );
         if !d.is_zero() {
+            let _slot = self.prefill_slot.lock().await;
             tokio::time::sleep(d).await;
         }
     }

@@ -164,7 +164,8 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, model = %state.model, "mock worker listening");
     }
-    axum::serve(listener, router(state))
+    use axum::serve::ListenerExt;
+    axum::serve(listener.tap_io(crate::http::set_nodelay), router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
     Ok(())
