@@ -1,20 +1,15 @@
 #!/usr/bin/env bash
-# The main job: sets up, builds, and compares routing policies with the offline simulator on
-# the shipped Mooncake trace and on the built-in chat and RAG workloads. Plots go to out/.
-# (The live demo over mock engines, `cache-router demo`, arrives with the HTTP and event-plane
-# issues; until then this is the demo.)
+# The main job: sets up (nats-server, the tokenizer fixture, fonts), builds, and runs
+# `cache-router demo`: its own nats-server, 4 mock vLLM engines with a worker-reporter each,
+# a router per policy, and a chat + RAG replay through the router's OpenAI endpoint. Prints the
+# policy comparison (live and as the simulator predicts it) and writes PNGs to out/.
+# Extra arguments go to `cache-router demo` (see `cache-router demo --help`), e.g.
+#   bash scripts/demo.sh --workers 8 --policy cache-aware,round-robin
+#   bash scripts/demo.sh --trace testdata/mooncake_trace.jsonl --workers 8 --num-blocks 2000 \
+#       --max-requests 1000 --speedup 10 --policy cache-aware,round-robin
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-cargo build --release --bin cache-router
+cargo build --release --workspace --bins
 mkdir -p out
-bin=target/release/cache-router
-echo "== Mooncake trace (3,993 requests, 512-token blocks): 8 workers x 2,000 blocks"
-"$bin" sim --trace testdata/mooncake_trace.jsonl --workers 8 --capacity-blocks 2000 \
-  --plot out/sim-trace.png
-echo
-echo "== chat (200 sessions x 8 turns, 16-token blocks): 8 workers x 2,000 blocks"
-"$bin" sim --workload chat --workers 8 --capacity-blocks 2000 --plot out/sim-chat.png
-echo
-echo "== rag (2,000 requests over 200 documents, 16-token blocks): 8 workers x 2,000 blocks"
-"$bin" sim --workload rag --workers 8 --capacity-blocks 2000 --plot out/sim-rag.png
+exec target/release/cache-router demo "$@"
