@@ -444,3 +444,17 @@ fn malformed_payloads_are_errors_not_panics() {
     let deep = vec![0x91; 10_000];
     assert!(decode_batch(&deep).is_err());
 }
+
+#[test]
+fn drop_control_is_shared_and_clamped() {
+    let d = super::zmq::DropControl::new(0.3);
+    let other = d.clone();
+    assert_eq!(other.fraction(), 0.3);
+    d.set_fraction(1.5);
+    assert_eq!(other.fraction(), 1.0);
+    d.set_fraction(-1.0);
+    assert_eq!(other.fraction(), 0.0);
+    d.set_fraction(f64::NAN);
+    assert_eq!(other.fraction(), 0.0);
+    assert_eq!(other.dropped(), 0);
+}

@@ -8,6 +8,7 @@
 //! shared fixtures (frames captured from vLLM's own publisher) pin the framing.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -90,6 +91,42 @@ pub struct EnginePublisherConfig {
 
 type ReplayBuffer = Arc<Mutex<VecDeque<(u64, Vec<u8>)>>>;
 
+/// The fraction of batches a running publisher does not send live, changeable while it runs
+/// (benches lose events on purpose for a time window), and how many it has dropped. Clones
+/// share both.
+#[derive(Clone, Debug, Default)]
+pub struct DropControl {
+    fraction: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl DropControl {
+    pub fn new(fraction: f64) -> Self {
+        let d = DropControl::default();
+        d.set_fraction(fraction);
+        d
+    }
+
+    pub fn fraction(&self) -> f64 {
+        f64::from_bits(self.fraction.load(Ordering::Relaxed))
+    }
+
+    /// Sets the fraction, clamped to 0..1 (NaN counts as 0); applies from the next batch.
+    pub fn set_fraction(&self, fraction: f64) {
+        let f = if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 1.0)
+        };
+        self.fraction.store(f.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Batches dropped so far (each is in the replay buffer before it is counted).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
 /// vLLM's `ZmqEventPublisher`: numbers batches from 0, sends them live on PUB and keeps the
 /// last `buffer_steps` for a ROUTER that replays on request.
 pub struct EnginePublisher {
@@ -98,6 +135,7 @@ pub struct EnginePublisher {
     router: Option<RouterSocket>,
     bound_events: Option<String>,
     bound_replay: Option<String>,
+    drop: DropControl,
 }
 
 impl EnginePublisher {
@@ -128,12 +166,14 @@ impl EnginePublisher {
             }
             None => None,
         };
+        let drop = DropControl::new(config.drop_fraction);
         Ok(EnginePublisher {
             config,
             publisher,
             router,
             bound_events,
             bound_replay,
+            drop,
         })
     }
 
@@ -145,6 +185,11 @@ impl EnginePublisher {
     /// The replay endpoint as bound (port resolved), if replay is enabled.
     pub fn replay_endpoint(&self) -> Option<&str> {
         self.bound_replay.as_deref()
+    }
+
+    /// The live drop control (its fraction starts at the config's `drop_fraction`).
+    pub fn drop_control(&self) -> DropControl {
+        self.drop.clone()
     }
 
     /// Publishes every batch from `batches` until it closes or `shutdown` fires.
@@ -179,9 +224,10 @@ impl EnginePublisher {
                     buf.pop_front();
                 }
             }
-            let dropped = self.config.drop_fraction > 0.0
-                && rand::random::<f64>() < self.config.drop_fraction;
-            if !dropped {
+            let fraction = self.drop.fraction();
+            if fraction > 0.0 && rand::random::<f64>() < fraction {
+                self.drop.dropped.fetch_add(1, Ordering::Relaxed);
+            } else {
                 let msg =
                     zmq_message(frames::live_frames(&self.config.topic, seq, &payload).into());
                 if let Err(e) = self.publisher.send(msg).await {
@@ -250,6 +296,7 @@ impl std::fmt::Debug for EnginePublisher {
             .field("config", &self.config)
             .field("events", &self.bound_events)
             .field("replay", &self.bound_replay)
+            .field("drop", &self.drop)
             .finish_non_exhaustive()
     }
 }

@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{MockError, MockWorkerArgs};
 use crate::kv_events::codec::Layout;
-use crate::kv_events::zmq::{EnginePublisher, EnginePublisherConfig};
+use crate::kv_events::zmq::{DropControl, EnginePublisher, EnginePublisherConfig};
 
 /// A running KV event publisher: send batches into `events`.
 #[derive(Debug)]
@@ -16,6 +16,8 @@ pub struct KvPublisher {
     pub events_endpoint: Option<String>,
     /// The replay endpoint as bound (port resolved).
     pub replay_endpoint: Option<String>,
+    /// `--kv-drop-fraction`, changeable while the publisher runs, and the dropped count.
+    pub drop: DropControl,
     pub task: JoinHandle<()>,
 }
 
@@ -47,6 +49,7 @@ pub async fn start_kv_publisher(
     .map_err(|e| MockError::Config(e.to_string()))?;
     let events_endpoint = publisher.events_endpoint().map(str::to_owned);
     let replay_endpoint = publisher.replay_endpoint().map(str::to_owned);
+    let drop = publisher.drop_control();
     tracing::info!(events = ?events_endpoint, replay = ?replay_endpoint, "kv events publisher bound");
     let (tx, rx) = unbounded_channel();
     let task = tokio::spawn(publisher.run(rx, shutdown));
@@ -54,6 +57,7 @@ pub async fn start_kv_publisher(
         events: tx,
         events_endpoint,
         replay_endpoint,
+        drop,
         task,
     }))
 }

@@ -155,7 +155,7 @@ pub async fn run(args: ReporterArgs, shutdown: CancellationToken) -> Result<(), 
             timeout: args.engine_timeout,
             last_seq: None,
             recent: VecDeque::with_capacity(RECENT_BATCHES),
-            live_since_tick: false,
+            last_live: None,
             stats: EventStats::default(),
         }
         .run(sub, args.digest_interval, shutdown.clone()),
@@ -325,6 +325,11 @@ struct EventStats {
 /// probe can still arrive live afterwards, and must not pass for an engine restart.
 const RECENT_BATCHES: usize = 1024;
 
+/// A stream quiet for this long at a digest tick is probed for a lost tail; a busier one
+/// reveals a lost batch with its next one. A lost tail is thus repaired within one digest
+/// interval plus this.
+const TAIL_QUIET: Duration = Duration::from_millis(50);
+
 struct EventLoop {
     mirror: Mirror,
     publisher: Publisher,
@@ -333,8 +338,8 @@ struct EventLoop {
     last_seq: Option<u64>,
     /// `(seq, xxh3 of payload)` of the last [`RECENT_BATCHES`] applied batches.
     recent: VecDeque<(u64, u64)>,
-    /// Whether a live batch arrived since the last digest tick (then no tail can be lost).
-    live_since_tick: bool,
+    /// When the last live batch arrived.
+    last_live: Option<tokio::time::Instant>,
     stats: EventStats,
 }
 
@@ -352,8 +357,11 @@ impl EventLoop {
                 _ = shutdown.cancelled() => break,
                 _ = digest.tick() => {
                     // A batch lost at the tail shows no gap until the next one arrives; when
-                    // the stream went quiet, ask the replay socket for anything after it.
-                    if !std::mem::take(&mut self.live_since_tick) {
+                    // the stream is quiet, ask the replay socket for anything after it. A live
+                    // batch since the previous tick proves nothing: batches lost after it are
+                    // a tail too, and skipping this tick would leave them for up to two
+                    // intervals.
+                    if self.last_live.is_none_or(|t| t.elapsed() >= TAIL_QUIET) {
                         self.probe_tail().await;
                     }
                     if let Err(e) = self.publisher.publish_digest().await {
@@ -373,7 +381,7 @@ impl EventLoop {
     }
 
     async fn on_live(&mut self, seq: u64, payload: &[u8]) {
-        self.live_since_tick = true;
+        self.last_live = Some(tokio::time::Instant::now());
         match self.last_seq {
             Some(last) if seq == last.wrapping_add(1) => {}
             Some(last) if seq <= last && self.applied(seq, payload) => {
