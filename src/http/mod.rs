@@ -35,6 +35,8 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// Larger request bodies get 413.
     pub max_body_bytes: usize,
+    /// Long prompts tokenize at most one per core at a time.
+    pub tokenize_gate: routes::TokenizeGate,
 }
 
 impl AppState {
@@ -50,6 +52,7 @@ impl AppState {
             route_metrics: Arc::new(routes::RouteMetrics::default()),
             admin_token: None,
             max_body_bytes: 8 << 20,
+            tokenize_gate: routes::TokenizeGate::per_core(),
         }
     }
 }
@@ -253,6 +256,8 @@ fn routes_metrics(s: &AppState, out: &mut String) {
         }
     }
     let _ = writeln!(out, "# HELP cache_router_decision_seconds Routing decision latency by phase\n# TYPE cache_router_decision_seconds histogram");
+    m.queue
+        .render(out, "cache_router_decision_seconds", "phase=\"queue\",");
     m.tokenize
         .render(out, "cache_router_decision_seconds", "phase=\"tokenize\",");
     m.lookup

@@ -52,6 +52,8 @@ pub struct RouteMetrics {
     /// worker id → requests proxied to it.
     pub by_worker: std::sync::Mutex<HashMap<String, u64>>,
     pub tokenize: Histogram,
+    /// Time a long prompt waited for a tokenizer slot (see [`TokenizeGate`]).
+    pub queue: Histogram,
     pub lookup: Histogram,
     pub score: Histogram,
     pub request_blocks: AtomicU64,
@@ -67,8 +69,9 @@ pub struct Histogram {
 }
 
 /// Upper bounds of the buckets, in microseconds.
-pub const BUCKETS_US: [u64; 12] = [
-    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000,
+pub const BUCKETS_US: [u64; 16] = [
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 100_000, 250_000, 1_000_000,
+    2_500_000,
 ];
 
 impl Histogram {
@@ -117,6 +120,27 @@ impl RouteMetrics {
 /// Bodies up to this size are tokenized on the async worker itself.
 const INLINE_TOKENIZE_BYTES: usize = 4096;
 
+/// Bounds how many long prompts tokenize at once: one per core.
+///
+/// Tokenizing is CPU-bound. Without a bound, a burst of long prompts became as many blocking
+/// threads, the OS time-sliced them all, and every request finished near the end of the burst
+/// (`cargo bench --bench scale`: client p50 at 0.93× the burst's wall time). Queueing them
+/// FIFO (tokio's semaphore is fair) instead finishes them in arrival order at the same
+/// throughput, and leaves CPU for the fleet's owner thread and the proxy.
+#[derive(Clone, Debug)]
+pub struct TokenizeGate(Arc<tokio::sync::Semaphore>);
+
+impl TokenizeGate {
+    pub fn new(slots: usize) -> Self {
+        TokenizeGate(Arc::new(tokio::sync::Semaphore::new(slots.max(1))))
+    }
+
+    /// One slot per available core.
+    pub fn per_core() -> Self {
+        Self::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -126,7 +150,10 @@ fn now_ms() -> u64 {
 /// A parsed, tokenized, routed request.
 struct Routed {
     outcome: RouteOutcome,
+    /// Tokenizing and hashing only.
     tokenize: Duration,
+    /// Waiting for a tokenizer slot and a blocking thread.
+    queued: Duration,
     tokens: usize,
 }
 
@@ -164,16 +191,23 @@ async fn decide(
         tok.block_hashes(&ids, &mut hashes);
         Ok::<_, String>((ids.len(), hashes))
     };
-    let result = if body.len() <= INLINE_TOKENIZE_BYTES {
-        work()
+    let (result, tokenize) = if body.len() <= INLINE_TOKENIZE_BYTES {
+        (work(), started.elapsed())
     } else {
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(ApiError::internal)?
+        // The semaphore is never closed, so acquiring cannot fail.
+        let _slot = state.tokenize_gate.0.acquire().await.ok();
+        state.route_metrics.queue.observe(started.elapsed());
+        tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            let r = work();
+            (r, t.elapsed())
+        })
+        .await
+        .map_err(ApiError::internal)?
     };
+    let queued = started.elapsed().saturating_sub(tokenize);
     let (ids, hashes) =
         result.map_err(|e| ApiError::bad_request(format!("cannot tokenize the request: {e}")))?;
-    let tokenize = started.elapsed();
     let outcome = state
         .fleet
         .route(RouteRequest {
@@ -196,6 +230,7 @@ async fn decide(
     Ok(Routed {
         outcome,
         tokenize,
+        queued,
         tokens: ids,
     })
 }
@@ -282,6 +317,7 @@ pub(super) async fn dry_run(state: &AppState, req: Request) -> Response {
             "chosen": o.chosen().map(|c| json!({"worker": c.worker, "url": c.url, "overlap": c.overlap, "cost": c.cost})),
             "candidates": o.candidates,
             "timings_us": {
+                "queue": r.queued.as_micros() as u64,
                 "tokenize": r.tokenize.as_micros() as u64,
                 "lookup": o.lookup.as_micros() as u64,
                 "score": o.score.as_micros() as u64,
