@@ -46,7 +46,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -54,14 +53,12 @@ use tokio_util::sync::CancellationToken;
 
 use cache_router::hashing::{block_hashes, namespace_seed};
 use cache_router::kv_events::zmq::DropControl;
-use cache_router::mock::kv::start_kv_publisher;
-use cache_router::mock::{engine_block_hashes, serve, AppState, MockWorkerArgs};
+use cache_router::mock::engine_block_hashes;
 use cache_router::protocol::{BlockHash, WorkerId};
 use common::nats::NatsServer;
-use common::{tokenizer_file, Engine, BS, MODEL, PATIENCE, POLL};
+use common::{start_engine, start_reporter_digest, Engine, BS, MODEL, PATIENCE, POLL};
 use support::timeline::{Sample, Timeline};
 use support::{Clock, Decision, EventTap, Router};
-use worker_reporter::ReporterArgs;
 
 const NUM_BLOCKS: usize = 64;
 const P_BLOCKS: usize = 20;
@@ -108,12 +105,6 @@ impl Plan {
     }
 }
 
-#[derive(Parser)]
-struct MockCli {
-    #[command(flatten)]
-    args: MockWorkerArgs,
-}
-
 /// One engine, its publisher's drop control and its reporter.
 struct Node {
     id: String,
@@ -122,86 +113,15 @@ struct Node {
     reporter: CancellationToken,
 }
 
-/// The harness's `start_engine` plus the publisher's [`DropControl`], and a reporter with the
-/// given digest interval.
+/// An engine (with the publisher's [`DropControl`]) and a reporter with the given digest
+/// interval.
 async fn start_node(nats: &str, id: &str, replay: bool, digest: Duration) -> Node {
-    let mut argv = vec![
-        "mock".to_string(),
-        "--tokenizer".into(),
-        tokenizer_file().display().to_string(),
-        "--num-blocks".into(),
-        NUM_BLOCKS.to_string(),
-        "--block-size".into(),
-        BS.to_string(),
-        "--speedup".into(),
-        "10000".into(),
-        "--kv-events-endpoint".into(),
-        "tcp://127.0.0.1:0".into(),
-    ];
-    if replay {
-        argv.extend(["--kv-replay-endpoint".into(), "tcp://127.0.0.1:0".into()]);
-    }
-    let args = MockCli::parse_from(argv).args;
-    let token = CancellationToken::new();
-    let kv = start_kv_publisher(&args, token.clone())
-        .await
-        .expect("kv publisher")
-        .expect("an events endpoint");
-    let port_of = |e: &Option<String>| -> u16 {
-        e.as_deref()
-            .and_then(|e| e.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0)
-    };
-    let (ep, rp) = (port_of(&kv.events_endpoint), port_of(&kv.replay_endpoint));
-    let state = AppState::from_args(&args, Some(kv.events.clone())).expect("mock engine");
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .expect("bind the engine");
-    let hp = listener.local_addr().expect("local addr").port();
-    tokio::spawn(serve(state.clone(), listener, token.clone()));
-    let engine = Engine {
-        state,
-        url: format!("http://127.0.0.1:{hp}"),
-        token,
-        ports: (hp, ep, rp),
-    };
-
-    let mut argv = vec![
-        "worker-reporter".to_string(),
-        "--worker-id".into(),
-        id.into(),
-        "--engine-url".into(),
-        engine.url.clone(),
-        "--model".into(),
-        MODEL.into(),
-        "--block-size".into(),
-        BS.to_string(),
-        "--zmq-endpoint".into(),
-        format!("tcp://127.0.0.1:{ep}"),
-        "--nats".into(),
-        nats.into(),
-        "--digest-interval".into(),
-        format!("{}ms", digest.as_millis()),
-        "--load-interval".into(),
-        "100ms".into(),
-        "--registry-ttl-ms".into(),
-        "600".into(),
-    ];
-    if replay {
-        argv.extend([
-            "--zmq-replay-endpoint".into(),
-            format!("tcp://127.0.0.1:{rp}"),
-        ]);
-    }
-    let args = ReporterArgs::parse_from(argv);
-    let reporter = CancellationToken::new();
-    let t = reporter.clone();
-    tokio::spawn(async move { worker_reporter::run(args, t).await.expect("reporter") });
+    let (engine, ports) = start_engine(NUM_BLOCKS, 0.0, replay, None).await;
+    let reporter = start_reporter_digest(nats, id, &engine.url, ports, replay, digest);
     Node {
         id: id.into(),
+        drop: engine.drop.clone(),
         engine,
-        drop: kv.drop,
         reporter,
     }
 }

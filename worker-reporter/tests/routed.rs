@@ -4,59 +4,13 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
-use cache_router::bus::ingest::{self, FleetHandle, IngestConfig};
-use cache_router::bus::{self, NatsArgs, StreamArgs};
-use cache_router::http::{self, inflight::InFlight, proxy::WORKER_HEADER, routes};
-use cache_router::policy::{PolicyConfig, PolicyKind};
+use cache_router::bus::ingest::FleetHandle;
+use cache_router::http::proxy::WORKER_HEADER;
 use cache_router::protocol::WorkerId;
-use cache_router::routing::{LoadSource, RoutingSetup};
-use cache_router::tokenize::ModelTokenizer;
 use common::nats::NatsServer;
-use common::{start_engine, start_reporter, tokenizer_file, wait_until, Engine, BS, MODEL};
-
-/// The router as `cache-router serve --nats URL --model mock-model --tokenizer ...
-/// --block-size 16 --policy cache-aware` wires it, on 127.0.0.1. Speculation is off so the
-/// second request can only find the first one's blocks through the reported KV events.
-async fn start_router(nats: &str) -> (String, FleetHandle, CancellationToken) {
-    let inflight = InFlight::new(64);
-    let loads: Arc<dyn LoadSource> = Arc::new(inflight.clone());
-    let mut config = IngestConfig::new(NatsArgs::for_url(nats));
-    config.resync_timeout = Duration::from_secs(2);
-    config.limits = StreamArgs {
-        registry_ttl_ms: 600,
-        ..StreamArgs::default()
-    };
-    config.routing = RoutingSetup {
-        policy: PolicyKind::CacheAware,
-        config: PolicyConfig::default(),
-        speculation: None,
-    };
-    config.loads = loads;
-    let token = CancellationToken::new();
-    let client = bus::connect(&NatsArgs::for_url(nats), "test-router")
-        .await
-        .unwrap();
-    let plane = ingest::start(client, config, token.clone()).await.unwrap();
-    let fleet = plane.handle();
-    std::mem::forget(plane);
-
-    let tok = ModelTokenizer::from_files(&tokenizer_file(), None, None)
-        .unwrap()
-        .with_model(MODEL, BS);
-    let mut models = routes::Models::new();
-    models.insert(MODEL.into(), Arc::new(tok));
-    let state = http::AppState::new(fleet.clone(), models, inflight);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(http::serve(listener, http::app(state), token.clone()));
-    (base, fleet, token)
-}
+use common::{start_engine, start_reporter, start_router, wait_until, Engine, BS, MODEL};
 
 async fn registered_workers(fleet: &FleetHandle) -> usize {
     fleet

@@ -16,15 +16,12 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use cache_router::bus::ingest::{self, FleetHandle, IngestConfig};
-use cache_router::bus::{self, NatsArgs, StreamArgs};
-use cache_router::http::{self, inflight::InFlight, proxy::WORKER_HEADER, routes};
-use cache_router::policy::{PolicyConfig, PolicyKind};
+use cache_router::bus::ingest::FleetHandle;
+use cache_router::bus::NatsArgs;
+use cache_router::http::proxy::WORKER_HEADER;
 use cache_router::protocol::{BlockHash, Body, Envelope, WorkerId};
-use cache_router::routing::{LoadSource, RoutingSetup};
-use cache_router::tokenize::ModelTokenizer;
 
-use crate::common::{tokenizer_file, wait_until, BS, MODEL, PATIENCE};
+use crate::common::{wait_until, PATIENCE};
 
 /// Small (test) sizes: under `cargo test` (no `--bench` argument), with `--test` or `--list`,
 /// or when `CACHE_ROUTER_BENCH_SMALL` is set to anything but "" or "0". The benches still
@@ -87,42 +84,7 @@ pub(crate) struct Router {
 
 impl Router {
     pub(crate) async fn start(nats: &str) -> Router {
-        let inflight = InFlight::new(64);
-        let loads: Arc<dyn LoadSource> = Arc::new(inflight.clone());
-        let mut config = IngestConfig::new(NatsArgs::for_url(nats));
-        config.resync_timeout = Duration::from_secs(2);
-        config.limits = StreamArgs {
-            registry_ttl_ms: 600,
-            ..StreamArgs::default()
-        };
-        config.routing = RoutingSetup {
-            policy: PolicyKind::CacheAware,
-            config: PolicyConfig::default(),
-            speculation: None,
-        };
-        config.loads = loads;
-        let token = CancellationToken::new();
-        let client = bus::connect(&NatsArgs::for_url(nats), "bench-router")
-            .await
-            .expect("router connects to nats");
-        let plane = ingest::start(client, config, token.clone())
-            .await
-            .expect("router's event plane starts");
-        let fleet = plane.handle();
-        // Stopped by `token`; the plane's own shutdown would wait for a grace period.
-        std::mem::forget(plane);
-
-        let tok = ModelTokenizer::from_files(&tokenizer_file(), None, None)
-            .expect("tokenizer fixture (bash scripts/setup.sh)")
-            .with_model(MODEL, BS);
-        let mut models = routes::Models::new();
-        models.insert(MODEL.into(), Arc::new(tok));
-        let state = http::AppState::new(fleet.clone(), models, inflight);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the router");
-        let base = format!("http://{}", listener.local_addr().expect("local addr"));
-        tokio::spawn(http::serve(listener, http::app(state), token.clone()));
+        let (base, fleet, token) = crate::common::start_router(nats).await;
         Router { base, fleet, token }
     }
 

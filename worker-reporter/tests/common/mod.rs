@@ -12,8 +12,15 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+use cache_router::bus::ingest::{self, FleetHandle, IngestConfig};
+use cache_router::bus::{self, NatsArgs, StreamArgs};
+use cache_router::http::{self, inflight::InFlight, routes};
+use cache_router::kv_events::zmq::DropControl;
 use cache_router::mock::kv::start_kv_publisher;
 use cache_router::mock::{serve, AppState, MockWorkerArgs};
+use cache_router::policy::{PolicyConfig, PolicyKind};
+use cache_router::routing::{LoadSource, RoutingSetup};
+use cache_router::tokenize::ModelTokenizer;
 use worker_reporter::ReporterArgs;
 
 /// How long state may take to converge before a test fails.
@@ -43,6 +50,8 @@ pub(crate) struct Engine {
     pub(crate) token: CancellationToken,
     /// HTTP, KV events and replay ports.
     pub(crate) ports: (u16, u16, u16),
+    /// Turns the loss of live KV event batches on and off at run time.
+    pub(crate) drop: DropControl,
 }
 
 /// Starts a mock engine; `ports` reuses the HTTP, events and replay ports of a previous one.
@@ -98,16 +107,36 @@ pub(crate) async fn start_engine(
         url: format!("http://127.0.0.1:{hp}"),
         token,
         ports: (hp, ep, rp),
+        drop: kv.drop,
     };
     (engine, (hp, ep, rp))
 }
 
+/// A reporter with a 300 ms digest interval.
 pub(crate) fn start_reporter(
     nats: &str,
     worker: &str,
     engine: &str,
     ports: (u16, u16, u16),
     replay: bool,
+) -> CancellationToken {
+    start_reporter_digest(
+        nats,
+        worker,
+        engine,
+        ports,
+        replay,
+        Duration::from_millis(300),
+    )
+}
+
+pub(crate) fn start_reporter_digest(
+    nats: &str,
+    worker: &str,
+    engine: &str,
+    ports: (u16, u16, u16),
+    replay: bool,
+    digest: Duration,
 ) -> CancellationToken {
     let mut argv = vec![
         "worker-reporter".to_string(),
@@ -124,7 +153,7 @@ pub(crate) fn start_reporter(
         "--nats".into(),
         nats.into(),
         "--digest-interval".into(),
-        "300ms".into(),
+        format!("{}ms", digest.as_millis()),
         "--load-interval".into(),
         "100ms".into(),
         "--registry-ttl-ms".into(),
@@ -154,4 +183,48 @@ where
         assert!(start.elapsed() < PATIENCE, "timed out waiting until {what}");
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// The router as `cache-router serve --nats URL --model mock-model --tokenizer ...
+/// --block-size 16 --policy cache-aware` wires it, on 127.0.0.1. Speculation is off so every
+/// overlap it reports comes from the engines' KV events. Returns its base URL, its fleet and
+/// the token that stops it.
+pub(crate) async fn start_router(nats: &str) -> (String, FleetHandle, CancellationToken) {
+    let inflight = InFlight::new(64);
+    let loads: Arc<dyn LoadSource> = Arc::new(inflight.clone());
+    let mut config = IngestConfig::new(NatsArgs::for_url(nats));
+    config.resync_timeout = Duration::from_secs(2);
+    config.limits = StreamArgs {
+        registry_ttl_ms: 600,
+        ..StreamArgs::default()
+    };
+    config.routing = RoutingSetup {
+        policy: PolicyKind::CacheAware,
+        config: PolicyConfig::default(),
+        speculation: None,
+    };
+    config.loads = loads;
+    let token = CancellationToken::new();
+    let client = bus::connect(&NatsArgs::for_url(nats), "test-router")
+        .await
+        .expect("router connects to nats");
+    let plane = ingest::start(client, config, token.clone())
+        .await
+        .expect("router's event plane starts");
+    let fleet = plane.handle();
+    // Stopped by `token`; the plane's own shutdown would wait for a grace period.
+    std::mem::forget(plane);
+
+    let tok = ModelTokenizer::from_files(&tokenizer_file(), None, None)
+        .expect("tokenizer fixture (bash scripts/setup.sh)")
+        .with_model(MODEL, BS);
+    let mut models = routes::Models::new();
+    models.insert(MODEL.into(), Arc::new(tok));
+    let state = http::AppState::new(fleet.clone(), models, inflight);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the router");
+    let base = format!("http://{}", listener.local_addr().expect("local addr"));
+    tokio::spawn(http::serve(listener, http::app(state), token.clone()));
+    (base, fleet, token)
 }
