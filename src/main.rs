@@ -53,18 +53,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// The multi-threaded runtime, or `None` after saying why it could not start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new()
+        .inspect_err(|e| eprintln!("error: cannot start the runtime: {e}"))
+        .ok()
+}
+
 fn run_demo(args: cache_router::demo::DemoArgs) -> ExitCode {
     use cache_router::demo::DemoError;
     if let Err(e) = args.validate() {
         eprintln!("error: {e}");
         return ExitCode::from(EX_USAGE);
     }
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let result = rt.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
@@ -90,12 +93,8 @@ fn run_mock_worker(args: cache_router::mock::MockWorkerArgs) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(EX_USAGE);
     }
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
