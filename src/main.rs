@@ -53,6 +53,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// The demo's signals: the first SIGINT, SIGTERM or SIGHUP (the terminal closing) stops the
+/// demo and its children gracefully; a second one kills the children at once.
+async fn demo_signals(
+    shutdown: tokio_util::sync::CancellationToken,
+    force: tokio_util::sync::CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::warn!("cannot listen for signals; Ctrl-C will not stop the children cleanly");
+        return;
+    };
+    for token in [shutdown, force] {
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+            _ = hup.recv() => {},
+        }
+        token.cancel();
+    }
+}
+
 /// The multi-threaded runtime, or `None` after saying why it could not start.
 fn runtime() -> Option<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new()
@@ -71,12 +96,17 @@ fn run_demo(args: cache_router::demo::DemoArgs) -> ExitCode {
     };
     let result = rt.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(serve::signal_shutdown(shutdown.clone()));
-        cache_router::demo::run(args, shutdown).await
+        let force = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(demo_signals(shutdown.clone(), force.clone()));
+        cache_router::demo::run(args, shutdown, force).await
     });
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(DemoError::Cancelled) => ExitCode::from(130),
+        Err(e @ DemoError::Failed(_)) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
         Err(e @ DemoError::Config(_)) => {
             eprintln!("error: {e}");
             ExitCode::from(EX_USAGE)

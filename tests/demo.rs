@@ -108,17 +108,48 @@ fn demo_compares_policies_live_and_stops_every_child() {
     );
     // nats + 2 engines + 2 reporters still running at the end; all exit on SIGTERM.
     assert!(
-        stdout.contains("stopped 5 child processes (5 exited cleanly on SIGTERM)"),
+        stdout.contains(
+            "stopped 5 child processes: 5 exited cleanly on SIGTERM, 0 killed, 0 had already exited"
+        ),
         "{stdout}"
     );
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// A demo process that is stopped when the test ends, whatever happens.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn get(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("the child")
+    }
+}
+
+impl Drop for KillOnDrop {
+    /// SIGTERM first, so the demo stops its own children; SIGKILL if it does not exit.
+    fn drop(&mut self) {
+        let Some(mut c) = self.0.take() else { return };
+        if c.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if c.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 #[test]
 fn ctrl_c_stops_every_child_cleanly() {
     let out = out_dir("sigint");
-    // Slow arrivals (about 12 s of replay), so the interrupt lands mid-replay.
-    let mut child = demo(
+    // Slow arrivals (several seconds of replay), so the interrupt lands mid-replay.
+    let child = demo(
         &out,
         &["--policy", "cache-aware", "--rate", "0.2", "--no-sim"],
     )
@@ -126,7 +157,9 @@ fn ctrl_c_stops_every_child_cleanly() {
     .stderr(Stdio::null())
     .spawn()
     .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    // Killed if the test fails before it is waited for: no demo outlives the test.
+    let mut child = KillOnDrop(Some(child));
+    let stdout = child.get().stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -147,8 +180,8 @@ fn ctrl_c_stops_every_child_cleanly() {
             break;
         }
     }
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
-    let status = child.wait().unwrap();
+    kill(Pid::from_raw(child.get().id() as i32), Signal::SIGINT).unwrap();
+    let status = child.get().wait().unwrap();
     seen.extend(rx.iter());
     let text = seen.join("\n");
     assert_eq!(status.code(), Some(130), "{text}");
@@ -158,7 +191,9 @@ fn ctrl_c_stops_every_child_cleanly() {
     );
     // nats + 2 engines + 2 reporters + the router: every one exits on SIGTERM.
     assert!(
-        text.contains("stopped 6 child processes (6 exited cleanly on SIGTERM)"),
+        text.contains(
+            "stopped 6 child processes: 6 exited cleanly on SIGTERM, 0 killed, 0 had already exited"
+        ),
         "{text}"
     );
     let _ = std::fs::remove_dir_all(&out);

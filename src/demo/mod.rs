@@ -26,7 +26,7 @@ use crate::policy::{PolicyConfig, PolicyKind};
 use crate::sim::timing::TimingModel;
 use crate::sim::workload::{self, GeneratorConfig, Workload};
 use crate::sim::{self, SimResult};
-use procs::{free_port, http_ok, locate, Proc};
+use procs::{free_port, http_ok, locate, Proc, Stopped};
 use traffic::{Replay, ReplayConfig};
 
 const MODEL: &str = "mock-model";
@@ -96,9 +96,9 @@ pub struct DemoArgs {
     /// Requests in flight at most from the generator.
     #[arg(long, default_value_t = 256)]
     pub max_inflight: usize,
-    /// Reporters' digest interval (anti-entropy), e.g. 2s.
-    #[arg(long, default_value = "2s")]
-    pub digest_interval: String,
+    /// Reporters' digest interval (anti-entropy), in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub digest_interval_ms: u64,
     /// Where the PNG plots and the children's logs go.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
@@ -148,6 +148,8 @@ pub enum DemoError {
     },
     #[error("interrupted")]
     Cancelled,
+    #[error("{0} requests failed (see the lines above and the logs)")]
+    Failed(u64),
     #[error(transparent)]
     Workload(#[from] workload::WorkloadError),
     #[error(transparent)]
@@ -180,8 +182,17 @@ impl DemoArgs {
                 )));
             }
         }
-        if self.max_inflight == 0 || self.output_tokens == 0 {
-            return bad("--max-inflight and --output-tokens must be positive");
+        if self.max_inflight == 0 || self.output_tokens == 0 || self.digest_interval_ms == 0 {
+            return bad(
+                "--max-inflight, --output-tokens and --digest-interval-ms must be positive",
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(p) = self.policy.iter().find(|p| !seen.insert(**p)) {
+            return Err(DemoError::Config(format!(
+                "--policy names {} twice",
+                p.name()
+            )));
         }
         if self.trace.is_none() && self.sessions * self.turns + self.rag_requests == 0 {
             return bad("the workload is empty (--sessions/--turns/--rag-requests)");
@@ -234,6 +245,15 @@ impl DemoArgs {
         if self.max_requests > 0 {
             w.requests.truncate(self.max_requests);
         }
+        if let (Some(a), Some(b)) = (w.requests.first(), w.requests.last()) {
+            let hours = (b.arrival_ms - a.arrival_ms) / self.speedup / 3.6e6;
+            if !(hours.is_finite() && hours <= 24.0) {
+                return Err(DemoError::Config(format!(
+                    "the replay would take {hours:.1} hours of wall time; raise --time-scale or \
+                     --speedup, or pass --max-requests"
+                )));
+            }
+        }
         let bs = w.block_size;
         let cap = self.num_blocks as u64 * bs;
         let before = w.requests.len();
@@ -249,31 +269,123 @@ impl DemoArgs {
     }
 }
 
-/// Every child process of the demo, stopped in reverse start order.
+/// Every child process of the demo.
 #[derive(Debug, Default)]
 struct Children {
     procs: Vec<Proc>,
 }
 
+/// Tiers: stopped highest first.
+const TIER_NATS: u8 = 0;
+const TIER_ENGINE: u8 = 1;
+const TIER_REPORTER: u8 = 2;
+const TIER_ROUTER: u8 = 3;
+
+/// How many times a child that binds ports is started with fresh ports before giving up.
+const START_ATTEMPTS: u32 = 3;
+
 impl Children {
-    /// The most recently started child.
-    fn last(&mut self) -> &mut Proc {
-        self.procs.last_mut().expect("a child was just started")
+    /// Fails if any child has died.
+    fn check_all(&mut self) -> Result<(), DemoError> {
+        self.procs.iter_mut().try_for_each(Proc::check_alive)
     }
 
-    async fn stop_all(&mut self, grace: Duration) {
-        let mut clean = 0;
+    /// Stops the children of `tier` together.
+    async fn stop_tier(
+        &mut self,
+        tier: u8,
+        grace: Duration,
+        force: &CancellationToken,
+    ) -> Vec<(String, Stopped)> {
+        let (now, rest): (Vec<Proc>, Vec<Proc>) = std::mem::take(&mut self.procs)
+            .into_iter()
+            .partition(|p| p.tier == tier);
+        self.procs = rest;
+        futures::future::join_all(now.into_iter().map(|p| async move {
+            let name = p.name.clone();
+            (name, p.stop(grace, force).await)
+        }))
+        .await
+    }
+
+    /// Stops everything, tier by tier (router, reporters, engines, NATS), each tier at once,
+    /// and says how each child ended.
+    async fn stop_all(&mut self, grace: Duration, force: &CancellationToken) {
         let n = self.procs.len();
-        while let Some(p) = self.procs.pop() {
-            if p.stop(grace).await {
-                clean += 1;
-            }
+        let mut ended = Vec::new();
+        while let Some(top) = self.procs.iter().map(|p| p.tier).max() {
+            ended.extend(self.stop_tier(top, grace, force).await);
         }
-        if n > 0 {
-            println!("stopped {n} child processes ({clean} exited cleanly on SIGTERM)");
+        if n == 0 {
+            return;
+        }
+        let count = |want: fn(&Stopped) -> bool| ended.iter().filter(|(_, s)| want(s)).count();
+        let clean = count(|s| *s == Stopped::Clean);
+        let killed = count(|s| *s == Stopped::Killed);
+        let dead: Vec<String> = ended
+            .iter()
+            .filter_map(|(name, s)| match s {
+                Stopped::Dead(status) => Some(format!("{name} ({status})")),
+                _ => None,
+            })
+            .collect();
+        println!(
+            "stopped {n} child processes: {clean} exited cleanly on SIGTERM, {killed} killed, {} had \
+             already exited{}",
+            dead.len(),
+            if dead.is_empty() { String::new() } else { format!(": {}", dead.join(", ")) }
+        );
+    }
+
+    /// Starts a child that binds loopback ports and waits until it is ready. Ports come from
+    /// [`free_port`], so another process can take one before the child binds it; a child that
+    /// dies while starting is started again with fresh ports.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_bound<P, A, R, Fut>(
+        &mut self,
+        name: &str,
+        tier: u8,
+        bin: &Path,
+        logs: &Path,
+        cancel: &CancellationToken,
+        mut make: A,
+        ready: R,
+    ) -> Result<P, DemoError>
+    where
+        P: Clone,
+        A: FnMut() -> Result<(P, Vec<String>), DemoError>,
+        R: Fn(P) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let mut attempt = 1;
+        loop {
+            let (ports, argv) = make()?;
+            self.procs.push(Proc::spawn(name, tier, bin, &argv, logs)?);
+            let r = procs::wait_ready(name, &mut self.procs, READY_TIMEOUT, cancel, || {
+                ready(ports.clone())
+            })
+            .await;
+            match r {
+                Ok(()) => return Ok(ports),
+                Err(DemoError::ChildExited { name: n, .. })
+                    if n == name && attempt < START_ATTEMPTS =>
+                {
+                    tracing::warn!(
+                        name,
+                        attempt,
+                        "exited while starting (a port taken?); retrying with new ports"
+                    );
+                    self.procs.pop();
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 }
+
+/// How long one child may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One live engine + reporter pair's addresses.
 #[derive(Debug)]
@@ -282,20 +394,25 @@ struct Worker {
     url: String,
 }
 
-/// Runs the demo until done or `cancel`; children are stopped either way.
-pub async fn run(args: DemoArgs, cancel: CancellationToken) -> Result<Vec<SimResult>, DemoError> {
+/// Runs the demo until done or `cancel`; children are stopped either way (`force` cuts their
+/// grace period short: a second Ctrl-C).
+pub async fn run(
+    args: DemoArgs,
+    cancel: CancellationToken,
+    force: CancellationToken,
+) -> Result<Vec<SimResult>, DemoError> {
     args.validate()?;
     let workload = args.workload()?;
     let logs = args.out.join("demo-logs");
     std::fs::create_dir_all(&logs)
         .map_err(|e| DemoError::Setup(format!("cannot create {}: {e}", logs.display())))?;
     let mut children = Children::default();
-    let result = run_inner(&args, &workload, &logs, &mut children, &cancel).await;
+    let result = run_inner(&args, &workload, &logs, &mut children, &cancel, &force).await;
     if matches!(result, Err(DemoError::Cancelled)) {
-        println!("interrupted: stopping every child process");
+        println!("interrupted: stopping every child process (again to kill them)");
     }
     children
-        .stop_all(Duration::from_secs(args.shutdown_grace_s))
+        .stop_all(Duration::from_secs(args.shutdown_grace_s), &force)
         .await;
     result
 }
@@ -306,6 +423,7 @@ async fn run_inner(
     logs: &Path,
     children: &mut Children,
     cancel: &CancellationToken,
+    force: &CancellationToken,
 ) -> Result<Vec<SimResult>, DemoError> {
     let me = std::env::current_exe()
         .map_err(|e| DemoError::Setup(format!("cannot find this binary: {e}")))?;
@@ -317,36 +435,30 @@ async fn run_inner(
         .build()
         .map_err(|e| DemoError::Setup(format!("HTTP client: {e}")))?;
     let bs = args.engine_block_size();
-    let ready_timeout = Duration::from_secs(30);
+    let grace = Duration::from_secs(args.shutdown_grace_s);
 
     // NATS with JetStream, in its own store directory.
-    let nats_port = free_port()?;
     let store = logs.join("jetstream");
     let _ = std::fs::remove_dir_all(&store);
-    let nats = Proc::spawn(
-        "nats-server",
-        &nats_bin,
-        &[
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            nats_port.to_string(),
-            "-js".into(),
-            "-sd".into(),
-            store.display().to_string(),
-        ],
-        logs,
-    )?;
-    let addr = ([127, 0, 0, 1], nats_port).into();
-    children.procs.push(nats);
-    procs::wait_ready(
-        "nats-server",
-        children.last(),
-        ready_timeout,
-        cancel,
-        || procs::accepts(addr),
-    )
-    .await?;
+    let nats_port = children
+        .start_bound(
+            "nats-server",
+            TIER_NATS,
+            &nats_bin,
+            logs,
+            cancel,
+            || {
+                let port = free_port()?;
+                let argv = ["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]
+                    .iter()
+                    .map(|a| a.to_string())
+                    .chain([store.display().to_string()])
+                    .collect();
+                Ok((port, argv))
+            },
+            |port| procs::accepts(([127, 0, 0, 1], port).into()),
+        )
+        .await?;
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
     println!("nats-server (JetStream) on {nats_url}");
 
@@ -354,70 +466,76 @@ async fn run_inner(
     let model_dir = args.model_dir.display().to_string();
     let mut workers = Vec::new();
     for i in 0..args.workers {
-        let (hp, ep, rp) = (free_port()?, free_port()?, free_port()?);
-        let url = format!("http://127.0.0.1:{hp}");
         let t = &args.timing;
-        let engine = Proc::spawn(
-            &format!("engine-{i}"),
-            &me,
-            &[
-                "mock-worker".into(),
-                "--listen".into(),
-                format!("127.0.0.1:{hp}"),
-                "--model".into(),
-                MODEL.into(),
-                "--model-dir".into(),
-                model_dir.clone(),
-                "--num-blocks".into(),
-                args.num_blocks.to_string(),
-                "--block-size".into(),
-                bs.to_string(),
-                "--speedup".into(),
-                args.speedup.to_string(),
-                "--prefill-overhead-ms".into(),
-                t.prefill_overhead_ms.to_string(),
-                "--prefill-ms-per-token".into(),
-                t.prefill_ms_per_token.to_string(),
-                "--decode-ms-per-token".into(),
-                t.decode_ms_per_token.to_string(),
-                "--decode-ms-per-seq".into(),
-                t.decode_ms_per_seq.to_string(),
-                "--kv-events-endpoint".into(),
-                format!("tcp://127.0.0.1:{ep}"),
-                "--kv-replay-endpoint".into(),
-                format!("tcp://127.0.0.1:{rp}"),
-            ],
-            logs,
-        )?;
-        let health = format!("{url}/health");
-        let name = engine.name.clone();
-        children.procs.push(engine);
-        procs::wait_ready(&name, children.last(), ready_timeout, cancel, || {
-            http_ok(&client, &health)
-        })
-        .await?;
+        let (hp, ep, rp) = children
+            .start_bound(
+                &format!("engine-{i}"),
+                TIER_ENGINE,
+                &me,
+                logs,
+                cancel,
+                || {
+                    let (hp, ep, rp) = (free_port()?, free_port()?, free_port()?);
+                    let argv = vec![
+                        "mock-worker".into(),
+                        "--listen".into(),
+                        format!("127.0.0.1:{hp}"),
+                        "--model".into(),
+                        MODEL.into(),
+                        "--model-dir".into(),
+                        model_dir.clone(),
+                        "--num-blocks".into(),
+                        args.num_blocks.to_string(),
+                        "--block-size".into(),
+                        bs.to_string(),
+                        "--speedup".into(),
+                        args.speedup.to_string(),
+                        "--prefill-overhead-ms".into(),
+                        t.prefill_overhead_ms.to_string(),
+                        "--prefill-ms-per-token".into(),
+                        t.prefill_ms_per_token.to_string(),
+                        "--decode-ms-per-token".into(),
+                        t.decode_ms_per_token.to_string(),
+                        "--decode-ms-per-seq".into(),
+                        t.decode_ms_per_seq.to_string(),
+                        "--kv-events-endpoint".into(),
+                        format!("tcp://127.0.0.1:{ep}"),
+                        "--kv-replay-endpoint".into(),
+                        format!("tcp://127.0.0.1:{rp}"),
+                    ];
+                    Ok(((hp, ep, rp), argv))
+                },
+                |(hp, _, _)| {
+                    let client = client.clone();
+                    async move { http_ok(&client, &format!("http://127.0.0.1:{hp}/health")).await }
+                },
+            )
+            .await?;
+        let url = format!("http://127.0.0.1:{hp}");
         let id = format!("worker-{i}");
+        let argv: Vec<String> = vec![
+            "--worker-id".into(),
+            id.clone(),
+            "--engine-url".into(),
+            url.clone(),
+            "--model".into(),
+            MODEL.into(),
+            "--block-size".into(),
+            bs.to_string(),
+            "--zmq-endpoint".into(),
+            format!("tcp://127.0.0.1:{ep}"),
+            "--zmq-replay-endpoint".into(),
+            format!("tcp://127.0.0.1:{rp}"),
+            "--nats".into(),
+            nats_url.clone(),
+            "--digest-interval".into(),
+            format!("{}ms", args.digest_interval_ms),
+        ];
         let reporter = Proc::spawn(
             &format!("reporter-{i}"),
+            TIER_REPORTER,
             &reporter_bin,
-            &[
-                "--worker-id".into(),
-                id.clone(),
-                "--engine-url".into(),
-                url.clone(),
-                "--model".into(),
-                MODEL.into(),
-                "--block-size".into(),
-                bs.to_string(),
-                "--zmq-endpoint".into(),
-                format!("tcp://127.0.0.1:{ep}"),
-                "--zmq-replay-endpoint".into(),
-                format!("tcp://127.0.0.1:{rp}"),
-                "--nats".into(),
-                nats_url.clone(),
-                "--digest-interval".into(),
-                args.digest_interval.clone(),
-            ],
+            &argv,
             logs,
         )?;
         children.procs.push(reporter);
@@ -440,37 +558,50 @@ async fn run_inner(
     let ids: Vec<String> = workers.iter().map(|w| w.id.clone()).collect();
     let mut results = Vec::new();
     let mut failed = serde_json::Map::new();
+    let mut total_failed = 0;
     for (k, &policy) in args.policy.iter().enumerate() {
         // Cold caches for every policy: the reset reaches the router as AllBlocksCleared.
         for w in &workers {
             let url = format!("{}/reset_prefix_cache", w.url);
-            let _ = client
+            let resp = client
                 .post(&url)
                 .timeout(Duration::from_secs(5))
                 .send()
                 .await;
+            match resp {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => return Err(DemoError::Setup(format!("POST {url}: {}", r.status()))),
+                Err(e) => return Err(DemoError::Setup(format!("POST {url}: {e}"))),
+            }
         }
-        let port = free_port()?;
-        let router_url = format!("http://127.0.0.1:{port}");
-        let router = Proc::spawn(
-            &format!("router-{}", policy.name()),
-            &me,
-            &router_args(args, policy, port, &nats_url, bs),
-            logs,
-        )?;
         // Owned by `children` while it runs, so an interrupt stops it like the others.
-        children.procs.push(router);
-        let n = workers.len() as f64;
-        procs::wait_ready("router", children.last(), ready_timeout, cancel, || {
-            router_settled(&client, &router_url, n)
-        })
-        .await?;
+        let n = workers.len();
+        let port =
+            children
+                .start_bound(
+                    &format!("router-{}", policy.name()),
+                    TIER_ROUTER,
+                    &me,
+                    logs,
+                    cancel,
+                    || {
+                        let port = free_port()?;
+                        Ok((port, router_args(args, policy, port, &nats_url, bs)))
+                    },
+                    |port| {
+                        let client = client.clone();
+                        async move {
+                            router_settled(&client, &format!("http://127.0.0.1:{port}"), n).await
+                        }
+                    },
+                )
+                .await?;
+        let router_url = format!("http://127.0.0.1:{port}");
         println!(
-            "[{}/{}] policy {}: router on {router_url} sees {} workers and an empty index",
+            "[{}/{}] policy {}: router on {router_url} sees {n} workers and an empty index",
             k + 1,
             args.policy.len(),
             policy.name(),
-            workers.len()
         );
         let cfg = ReplayConfig {
             url: router_url,
@@ -482,18 +613,14 @@ async fn run_inner(
             label: policy.name().into(),
         };
         let replay: Replay = traffic::replay(&client, &cfg, workload, cancel).await;
-        if replay.interrupted {
+        if replay.interrupted || cancel.is_cancelled() {
             return Err(DemoError::Cancelled);
         }
-        if let Some(router) = children.procs.pop() {
-            router
-                .stop(Duration::from_secs(args.shutdown_grace_s))
-                .await;
-        }
-        if cancel.is_cancelled() {
-            return Err(DemoError::Cancelled);
-        }
+        // A reporter or engine that died mid-run would make the numbers meaningless.
+        children.check_all()?;
+        children.stop_tier(TIER_ROUTER, grace, force).await;
         failed.insert(policy.name().into(), replay.failures.into());
+        total_failed += replay.failures;
         if replay.failures > 0 {
             println!(
                 "  {} requests failed, e.g. {}",
@@ -525,21 +652,6 @@ async fn run_inner(
         workload.name, args.speedup
     );
     print!("{}", table(&results));
-    let slug = if args.trace.is_some() {
-        "trace"
-    } else {
-        "chat-rag"
-    };
-    let plot = args.out.join(format!("demo-{slug}.png"));
-    let title = format!(
-        "live demo, {}: {} engines x {} blocks",
-        workload.name,
-        workers.len(),
-        args.num_blocks
-    );
-    sim::report::plot(&results, &title, &plot)?;
-    println!("plot written to {}", plot.display());
-
     let mut predicted = Vec::new();
     if !args.no_sim {
         let fleet = sim::FleetConfig {
@@ -555,10 +667,8 @@ async fn run_inner(
             .collect();
         println!("\n== `cache-router sim` prediction for the same workload and fleet");
         print!("{}", table(&predicted));
-        let plot = args.out.join(format!("demo-{slug}-sim.png"));
-        sim::report::plot(&predicted, &format!("simulated, {title}"), &plot)?;
-        println!("plot written to {}", plot.display());
     }
+    // Results before plots: a plotting error must not lose them.
     if let Some(path) = &args.json {
         let v = serde_json::json!({"live": results, "sim": predicted, "failed": failed});
         let out = serde_json::to_string_pretty(&v).unwrap_or_default();
@@ -566,6 +676,28 @@ async fn run_inner(
             path: path.display().to_string(),
             msg: e.to_string(),
         })?;
+    }
+    let slug = if args.trace.is_some() {
+        "trace"
+    } else {
+        "chat-rag"
+    };
+    let title = format!(
+        "live demo, {}: {} engines x {} blocks",
+        workload.name,
+        workers.len(),
+        args.num_blocks
+    );
+    let plot = args.out.join(format!("demo-{slug}.png"));
+    sim::report::plot(&results, &title, &plot)?;
+    println!("plot written to {}", plot.display());
+    if !predicted.is_empty() {
+        let plot = args.out.join(format!("demo-{slug}-sim.png"));
+        sim::report::plot(&predicted, &format!("simulated, {title}"), &plot)?;
+        println!("plot written to {}", plot.display());
+    }
+    if total_failed > 0 {
+        return Err(DemoError::Failed(total_failed));
     }
     Ok(results)
 }
@@ -602,15 +734,34 @@ fn router_args(args: &DemoArgs, policy: PolicyKind, port: u16, nats: &str, bs: u
         c.approx_balance_abs.to_string(),
         "--policy-seed".into(),
         c.seed.to_string(),
+        // Less than the demo waits: the router drains, then exits by itself.
         "--shutdown-grace-s".into(),
-        args.shutdown_grace_s.to_string(),
+        (args.shutdown_grace_s / 3).max(1).to_string(),
     ]
 }
 
-/// Ready, all workers registered, and the index empty (the previous policy's blocks were
-/// cleared by the engines' resets).
-async fn router_settled(client: &reqwest::Client, url: &str, workers: f64) -> bool {
+/// Ready, every worker registered (a candidate of a dry-run decision), and the index empty
+/// (the previous policy's blocks were cleared by the engines' resets).
+async fn router_settled(client: &reqwest::Client, url: &str, workers: usize) -> bool {
     if !http_ok(client, &format!("{url}/ready")).await {
+        return false;
+    }
+    let probe = serde_json::json!({"model": MODEL, "prompt": [1, 2, 3]});
+    let candidates = match client
+        .post(format!("{url}/route"))
+        .json(&probe)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => r
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|v| v["candidates"].as_array().map(Vec::len)),
+        _ => None,
+    };
+    if candidates != Some(workers) {
         return false;
     }
     let Ok(resp) = client
@@ -624,8 +775,7 @@ async fn router_settled(client: &reqwest::Client, url: &str, workers: f64) -> bo
     let Ok(text) = resp.text().await else {
         return false;
     };
-    metric(&text, "cache_router_workers") == Some(workers)
-        && metric(&text, "cache_router_index_entries") == Some(0.0)
+    metric(&text, "cache_router_index_entries") == Some(0.0)
 }
 
 /// The value of an unlabelled sample in Prometheus text.

@@ -22,39 +22,77 @@ use super::DemoError;
 #[derive(Debug)]
 pub struct Proc {
     pub name: String,
+    /// Children stop tier by tier, highest first (router, reporters, engines, NATS), so each
+    /// can still reach what it depends on while it shuts down.
+    pub tier: u8,
     pub log: PathBuf,
     child: Child,
 }
 
+/// How a child ended when the demo stopped it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Exited after SIGTERM within the grace period.
+    Clean,
+    /// Killed: the grace period ran out, or the user asked twice.
+    Killed,
+    /// Had already exited (crashed) before the demo stopped it.
+    Dead(String),
+}
+
+/// Environment variables the children keep; everything else is dropped so that a user's
+/// `CACHE_ROUTER_*`, `ZMQ_*` or `ADVERTISE_URL` settings cannot reconfigure the demo's fleet.
+const KEEP_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "LANG",
+    "LC_ALL",
+    "CACHE_ROUTER_LOG",
+    "RUST_LOG",
+];
+
 impl Proc {
     /// Starts `bin args…` with stdout and stderr appended to `logs/<name>.log`.
-    pub fn spawn(name: &str, bin: &Path, args: &[String], logs: &Path) -> Result<Proc, DemoError> {
+    pub fn spawn(
+        name: &str,
+        tier: u8,
+        bin: &Path,
+        args: &[String],
+        logs: &Path,
+    ) -> Result<Proc, DemoError> {
         let log = logs.join(format!("{name}.log"));
         let file = std::fs::File::create(&log)
             .map_err(|e| DemoError::Setup(format!("cannot create {}: {e}", log.display())))?;
         let err_file = file
             .try_clone()
             .map_err(|e| DemoError::Setup(format!("cannot open {}: {e}", log.display())))?;
-        let child = Command::new(bin)
-            .args(args)
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .env_clear()
+            .envs(
+                KEEP_ENV
+                    .iter()
+                    .filter_map(|k| std::env::var_os(k).map(|v| (k, v))),
+            )
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err_file)
             .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                DemoError::Setup(format!("cannot start {name} ({}): {e}", bin.display()))
-            })?;
+            .kill_on_drop(true);
+        let child = cmd.spawn().map_err(|e| {
+            DemoError::Setup(format!("cannot start {name} ({}): {e}", bin.display()))
+        })?;
         tracing::debug!(name, pid = child.id(), "started");
         Ok(Proc {
             name: name.to_string(),
+            tier,
             log,
             child,
         })
     }
 
-    /// Fails if the child has already exited (it crashed at start, e.g. a bad flag).
+    /// Fails if the child has already exited (it crashed, e.g. on a bad flag or a port taken).
     pub fn check_alive(&mut self) -> Result<(), DemoError> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
@@ -68,26 +106,26 @@ impl Proc {
         }
     }
 
-    /// SIGTERM, then up to `grace` for a clean exit, then SIGKILL. Returns whether it exited
-    /// by itself.
-    pub async fn stop(mut self, grace: Duration) -> bool {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return true;
+    /// SIGTERM, then up to `grace` for a clean exit (cut short by `force`), then SIGKILL.
+    pub async fn stop(mut self, grace: Duration, force: &CancellationToken) -> Stopped {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            tracing::warn!(name = %self.name, %status, log = %self.log.display(), "had already exited");
+            return Stopped::Dead(status.to_string());
         }
         if let Some(pid) = self.child.id() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         }
-        match tokio::time::timeout(grace, self.child.wait()).await {
-            Ok(Ok(status)) => {
-                tracing::debug!(name = %self.name, %status, "stopped");
-                true
-            }
-            _ => {
-                tracing::warn!(name = %self.name, "did not stop within {grace:?}; killing it");
-                let _ = self.child.kill().await;
-                false
-            }
+        let exited = tokio::select! {
+            r = tokio::time::timeout(grace, self.child.wait()) => matches!(r, Ok(Ok(_))),
+            _ = force.cancelled() => false,
+        };
+        if exited {
+            tracing::debug!(name = %self.name, "stopped");
+            return Stopped::Clean;
         }
+        tracing::warn!(name = %self.name, "did not stop within {grace:?} (or asked twice); killing it");
+        let _ = self.child.kill().await;
+        Stopped::Killed
     }
 }
 
@@ -108,12 +146,12 @@ pub fn free_port() -> Result<u16, DemoError> {
         .port())
 }
 
-/// Polls until `ready()` says yes, the child dies, the deadline passes or the demo is
-/// cancelled. Readiness is an observable fact (a port accepts, an endpoint answers), so this
-/// polls rather than sleeping a fixed time.
+/// Polls until `ready()` says yes, any child dies, the deadline passes or the demo is
+/// cancelled. `procs.last()` is the child being waited for. Readiness is an observable fact
+/// (a port accepts, an endpoint answers), so this polls rather than sleeping a fixed time.
 pub async fn wait_ready<F, Fut>(
     what: &str,
-    proc: &mut Proc,
+    procs: &mut [Proc],
     timeout: Duration,
     cancel: &CancellationToken,
     mut ready: F,
@@ -128,12 +166,17 @@ where
         if ready().await {
             return Ok(());
         }
-        proc.check_alive()?;
+        for p in procs.iter_mut() {
+            p.check_alive()?;
+        }
         if Instant::now() > deadline {
+            let (log, tail) = procs.last().map_or_else(Default::default, |p| {
+                (p.log.display().to_string(), self::tail(&p.log, 8))
+            });
             return Err(DemoError::NotReady {
                 what: what.to_string(),
-                log: proc.log.display().to_string(),
-                tail: tail(&proc.log, 8),
+                log,
+                tail,
             });
         }
         tokio::select! {

@@ -79,6 +79,9 @@ pub struct Record {
     pub ttft: Duration,
     pub prompt_tokens: u64,
     pub cached_tokens: u64,
+    /// The workload's block count for this prompt: the hit rate's denominator, as in the
+    /// simulator (a chat prompt's partial tail is not a block there).
+    pub blocks: u64,
 }
 
 /// The outcome of one replay.
@@ -140,33 +143,37 @@ pub async fn replay(
     ));
     let mut tasks = tokio::task::JoinSet::new();
     let mut interrupted = false;
+    // Arrivals are relative to the first one (a trace may carry absolute timestamps).
+    let t0 = workload.requests.first().map_or(0.0, |r| r.arrival_ms);
     for (n, req) in workload.requests.iter().enumerate() {
-        let at = start + Duration::from_secs_f64(req.arrival_ms.max(0.0) / 1000.0 / cfg.speedup);
-        let permit = tokio::select! {
-            p = async {
-                tokio::time::sleep_until(at.into()).await;
-                permits.clone().acquire_owned().await
-            } => p,
+        let offset = (req.arrival_ms - t0).max(0.0) / 1000.0 / cfg.speedup;
+        let at = start + Duration::try_from_secs_f64(offset).unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = tokio::time::sleep_until(at.into()) => {},
             _ = cancel.cancelled() => { interrupted = true; break; }
-        };
-        let Ok(permit) = permit else { break };
+        }
         let mut tokens = Vec::with_capacity(req.input_tokens as usize);
         prompt_tokens(req, n as u64, cfg.block_size, &mut tokens);
         let body = request_body(&cfg.model, &tokens, req.output_tokens);
-        let (client, cfg2) = (client.clone(), cfg.clone());
+        let blocks = req.blocks.len() as u64;
+        let (client, cfg2, permits) = (client.clone(), cfg.clone(), permits.clone());
         let (records, errors, progress) = (records.clone(), errors.clone(), progress.clone());
         tasks.spawn(async move {
-            let result = one(&client, &cfg2, body).await;
+            // Open loop: the request arrived at `at`; waiting for a slot counts in its TTFT,
+            // as queueing does in the simulator.
+            let Ok(permit) = permits.acquire_owned().await else {
+                return;
+            };
+            let result = one(&client, &cfg2, body, at).await;
             drop(permit);
             match result {
-                Ok(r) => {
+                Ok(mut r) => {
+                    r.blocks = blocks;
                     let bs = cfg2.block_size;
-                    progress
-                        .prompt_blocks
-                        .fetch_add(r.prompt_tokens.div_ceil(bs), Ordering::Relaxed);
+                    progress.prompt_blocks.fetch_add(blocks, Ordering::Relaxed);
                     progress
                         .cached_blocks
-                        .fetch_add(r.cached_tokens / bs, Ordering::Relaxed);
+                        .fetch_add((r.cached_tokens / bs).min(blocks), Ordering::Relaxed);
                     progress.done.fetch_add(1, Ordering::Relaxed);
                     records.lock().unwrap_or_else(|e| e.into_inner()).push(r);
                 }
@@ -225,9 +232,18 @@ async fn print_progress(
     }
 }
 
-/// One streamed request: time to the first chunk, the serving worker, and the engine's usage.
-async fn one(client: &reqwest::Client, cfg: &ReplayConfig, body: String) -> Result<Record, String> {
-    let sent = Instant::now();
+/// Bytes of a stream's tail kept to find the usage chunk (it comes last, before `[DONE]`).
+const TAIL_BYTES: usize = 16 << 10;
+
+/// One streamed request: time from its arrival to the first chunk, the serving worker, and
+/// the engine's usage.
+async fn one(
+    client: &reqwest::Client,
+    cfg: &ReplayConfig,
+    body: String,
+    arrived: Instant,
+) -> Result<Record, String> {
+    let sent = arrived;
     let fut = async {
         let mut resp = client
             .post(format!("{}/v1/completions", cfg.url))
@@ -248,6 +264,9 @@ async fn one(client: &reqwest::Client, cfg: &ReplayConfig, body: String) -> Resu
         while let Some(chunk) = resp.chunk().await.map_err(|e| format!("body: {e}"))? {
             ttft.get_or_insert_with(|| sent.elapsed());
             text.extend_from_slice(&chunk);
+            if text.len() > 2 * TAIL_BYTES {
+                text.drain(..text.len() - TAIL_BYTES);
+            }
         }
         if !status.is_success() {
             return Err(format!("{status}: {}", String::from_utf8_lossy(&text)));
@@ -258,6 +277,7 @@ async fn one(client: &reqwest::Client, cfg: &ReplayConfig, body: String) -> Resu
             ttft: ttft.unwrap_or_else(|| sent.elapsed()),
             prompt_tokens,
             cached_tokens,
+            blocks: prompt_tokens.div_ceil(cfg.block_size),
         })
     };
     tokio::time::timeout(cfg.timeout, fut)
@@ -312,8 +332,8 @@ pub fn summarize(
     let (mut prompt_blocks, mut cached_blocks) = (0u64, 0u64);
     let mut prefill: HashMap<&str, u64> = workers.iter().map(|w| (w.as_str(), 0)).collect();
     for x in &r.records {
-        prompt_blocks += x.prompt_tokens.div_ceil(block_size);
-        cached_blocks += x.cached_tokens / block_size;
+        prompt_blocks += x.blocks;
+        cached_blocks += (x.cached_tokens / block_size).min(x.blocks);
         *prefill.entry(x.worker.as_str()).or_default() +=
             x.prompt_tokens - x.cached_tokens.min(x.prompt_tokens);
     }
@@ -384,11 +404,12 @@ mod tests {
 
     #[test]
     fn summary_counts_blocks_and_imbalance_per_worker() {
-        let rec = |w: &str, p, c| Record {
+        let rec = |w: &str, p: u64, c| Record {
             worker: w.into(),
             ttft: Duration::from_millis(10),
             prompt_tokens: p,
             cached_tokens: c,
+            blocks: p.div_ceil(16),
         };
         let r = Replay {
             records: vec![rec("a", 64, 32), rec("a", 32, 0), rec("b", 40, 32)],
