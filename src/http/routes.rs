@@ -194,10 +194,12 @@ async fn decide(
     let (result, tokenize) = if body.len() <= INLINE_TOKENIZE_BYTES {
         (work(), started.elapsed())
     } else {
-        // The semaphore is never closed, so acquiring cannot fail.
-        let _slot = state.tokenize_gate.0.acquire().await.ok();
+        // The semaphore is never closed, so acquiring cannot fail. The slot moves into the
+        // blocking task: a client that disconnects meanwhile must not free it early.
+        let slot = state.tokenize_gate.0.clone().acquire_owned().await.ok();
         state.route_metrics.queue.observe(started.elapsed());
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let t = Instant::now();
             let r = work();
             (r, t.elapsed())
