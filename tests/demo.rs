@@ -94,6 +94,7 @@ fn demo_compares_policies_live_and_stops_every_child() {
         assert_eq!(v["failed"][r["policy"].as_str().unwrap()], 0);
         assert!(r["ttft_p50_ms"].as_f64().unwrap() > 0.0);
         assert_eq!(r["prefill_tokens_per_worker"].as_array().unwrap().len(), 2);
+        assert!(r.get("evictions").is_none(), "not measured live: {r}");
     }
     // Chats re-send their history and RAG documents repeat: the engines report cached tokens.
     assert!(live[0]["hit_rate"].as_f64().unwrap() > 0.2, "{}", live[0]);

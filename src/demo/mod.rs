@@ -670,7 +670,21 @@ async fn run_inner(
     }
     // Results before plots: a plotting error must not lose them.
     if let Some(path) = &args.json {
-        let v = serde_json::json!({"live": results, "sim": predicted, "failed": failed});
+        // The live run does not observe evictions or the index's entries: leave them out
+        // rather than report zeros.
+        let live: Vec<serde_json::Value> = results
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    for k in ["evictions", "index_entries", "index_mismatches"] {
+                        o.remove(k);
+                    }
+                }
+                v
+            })
+            .collect();
+        let v = serde_json::json!({"live": live, "sim": predicted, "failed": failed});
         let out = serde_json::to_string_pretty(&v).unwrap_or_default();
         std::fs::write(path, out).map_err(|e| DemoError::Output {
             path: path.display().to_string(),

@@ -56,7 +56,9 @@ use cache_router::kv_events::zmq::DropControl;
 use cache_router::mock::engine_block_hashes;
 use cache_router::protocol::{BlockHash, WorkerId};
 use common::nats::NatsServer;
-use common::{start_engine, start_reporter_digest, Engine, BS, MODEL, PATIENCE, POLL};
+use common::{
+    engine_cache_as_ours, start_engine, start_reporter_digest, Engine, BS, MODEL, PATIENCE, POLL,
+};
 use support::timeline::{Sample, Timeline};
 use support::{Clock, Decision, EventTap, Router};
 
@@ -212,19 +214,8 @@ impl Fleet {
             .unwrap_or_default()
             .into_iter()
             .collect();
-        let engine: HashSet<BlockHash> = self
-            .node(id)
-            .engine
-            .state
-            .engine
-            .cached_hashes()
-            .iter()
-            .map(|h| {
-                *self
-                    .ours
-                    .get(h)
-                    .expect("engine block from a prompt we sent")
-            })
+        let engine: HashSet<BlockHash> = engine_cache_as_ours(&self.node(id).engine, &self.ours)
+            .into_iter()
             .collect();
         (
             router.difference(&engine).count(),

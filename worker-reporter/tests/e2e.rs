@@ -18,7 +18,9 @@ use cache_router::hashing::{block_hashes, namespace_seed};
 use cache_router::mock::engine_block_hashes;
 use cache_router::protocol::{BlockHash, WorkerId};
 use common::nats::NatsServer;
-use common::{start_engine, start_reporter, wait_until, Engine, BS, MODEL, PATIENCE};
+use common::{
+    engine_cache_as_ours, start_engine, start_reporter, wait_until, Engine, BS, MODEL, PATIENCE,
+};
 
 const WORKER: &str = "w1";
 
@@ -82,20 +84,7 @@ impl Traffic {
 
     /// The engine's cache in our hashes, sorted.
     fn expected(&self, engine: &Engine) -> Vec<BlockHash> {
-        let mut v: Vec<_> = engine
-            .state
-            .engine
-            .cached_hashes()
-            .iter()
-            .map(|h| {
-                *self
-                    .ours
-                    .get(h)
-                    .expect("engine block from a prompt we sent")
-            })
-            .collect();
-        v.sort();
-        v
+        engine_cache_as_ours(engine, &self.ours)
     }
 }
 

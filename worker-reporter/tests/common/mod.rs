@@ -5,6 +5,7 @@
 #[path = "../../../tests/common/nats.rs"]
 pub(crate) mod nats;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use cache_router::kv_events::zmq::DropControl;
 use cache_router::mock::kv::start_kv_publisher;
 use cache_router::mock::{serve, AppState, MockWorkerArgs};
 use cache_router::policy::{PolicyConfig, PolicyKind};
+use cache_router::protocol::BlockHash;
 use cache_router::routing::{LoadSource, RoutingSetup};
 use cache_router::tokenize::ModelTokenizer;
 use worker_reporter::ReporterArgs;
@@ -227,4 +229,21 @@ pub(crate) async fn start_router(nats: &str) -> (String, FleetHandle, Cancellati
     let base = format!("http://{}", listener.local_addr().expect("local addr"));
     tokio::spawn(http::serve(listener, http::app(state), token.clone()));
     (base, fleet, token)
+}
+
+/// The engine's cached blocks in our hashes, sorted, through the engine hash → our hash map a
+/// test keeps for every prompt it sent.
+pub(crate) fn engine_cache_as_ours(
+    engine: &Engine,
+    ours: &HashMap<u64, BlockHash>,
+) -> Vec<BlockHash> {
+    let mut v: Vec<_> = engine
+        .state
+        .engine
+        .cached_hashes()
+        .iter()
+        .map(|h| *ours.get(h).expect("engine block from a prompt we sent"))
+        .collect();
+    v.sort();
+    v
 }
