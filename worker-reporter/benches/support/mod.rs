@@ -23,16 +23,10 @@ use cache_router::protocol::{BlockHash, Body, Envelope, WorkerId};
 
 use crate::common::{wait_until, PATIENCE};
 
-/// Small (test) sizes: under `cargo test` (no `--bench` argument), with `--test` or `--list`,
-/// or when `CACHE_ROUTER_BENCH_SMALL` is set to anything but "" or "0". The benches still
-/// check their own results in small mode.
-pub(crate) fn small_mode() -> bool {
-    let args: Vec<String> = std::env::args().collect();
-    let has = |flag: &str| args.iter().any(|a| a == flag);
-    let env_small =
-        std::env::var("CACHE_ROUTER_BENCH_SMALL").is_ok_and(|v| !v.is_empty() && v != "0");
-    env_small || has("--test") || has("--list") || !has("--bench")
-}
+/// The root benches' small-mode switch (`cargo test` runs benches small, still checking).
+#[path = "../../../benches/common/mod.rs"]
+mod root_common;
+pub(crate) use root_common::small_mode;
 
 /// Logs warnings to stderr (`RUST_LOG` overrides). The reporters' gap warnings (the benches
 /// cause them on purpose) and the NATS connection-state lines of clients outliving their
