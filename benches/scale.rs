@@ -546,6 +546,48 @@ fn requests(
     out
 }
 
+/// `n` requests whose prompts are token ids (OpenAI's array form), so the router does no
+/// tokenizing: half the active conversations' histories, half cold prompts. This isolates
+/// the routing path (parse, hash, look-up, score, answer) under the same concurrency, the
+/// shape a decision-only benchmark such as the prototype's measures.
+fn pretokenized(
+    tok: &ModelTokenizer,
+    corpus: &Corpus,
+    fleet: &[WorkerContent],
+    active: &[(usize, usize)],
+    n: usize,
+    seed: u64,
+) -> Vec<Req> {
+    let mut rng = StdRng::seed_from_u64(9_000 + seed);
+    let mut out = Vec::with_capacity(n);
+    for &(w, h) in active.iter().cycle().take(n / 2) {
+        let hist = &fleet[w].histories[h];
+        let ids = tok
+            .encode_chat(&corpus.history(&hist.msgs))
+            .expect("tokenize a chat");
+        let (worker, blocks) = (fleet[w].id.0.clone(), hist.hashes.len() as u32);
+        let body = json!({"model": MODEL, "prompt": ids, "max_tokens": 64});
+        out.push(Req {
+            kind: Kind::Warm,
+            body: Bytes::from(body.to_string()),
+            expect: Expect::Holder { worker, blocks },
+        });
+    }
+    while out.len() < n {
+        let ids: Vec<u32> = (0..1400)
+            .map(|_| rng.random_range(1_000..100_000))
+            .collect();
+        let body = json!({"model": MODEL, "prompt": ids, "max_tokens": 64});
+        out.push(Req {
+            kind: Kind::Cold,
+            body: Bytes::from(body.to_string()),
+            expect: Expect::Nothing,
+        });
+    }
+    out.shuffle(&mut rng);
+    out
+}
+
 /// Checks one answer against what it should be.
 fn check(req: &Req, status: reqwest::StatusCode, body: &[u8]) -> Result<Reply, String> {
     let kind = req.kind.name();
@@ -734,6 +776,8 @@ struct FleetResult {
     concurrency: usize,
     median: RunStats,
     sequential: RunStats,
+    /// The same burst with token-id prompts: the routing path without the tokenizer.
+    pretokenized: RunStats,
 }
 
 /// Everything for one fleet size: content, NATS, router, reporters, bursts.
@@ -811,6 +855,14 @@ fn run_fleet(
         }
         let sequential = RunStats::new(&one);
         println!("{tag} one at a time: {}", sequential.line());
+        let mut pre = Vec::new();
+        for b in 1..=plan.runs {
+            let reqs = pretokenized(&tok, corpus, &fleet, &active, plan.concurrency, b as u64);
+            pre.push(RunStats::new(&burst(&http, &url, reqs, plan.limit).await));
+        }
+        pre.sort_by_key(|r| r.wall);
+        let pretokenized = pre.swap_remove(pre.len() / 2);
+        println!("{tag} token-id prompts (no tokenizing), median burst: {}", pretokenized.line());
         let snaps = router.fleet.metrics().snapshot().snapshots_written;
         token.cancel();
         for t in tasks {
@@ -845,6 +897,7 @@ fn run_fleet(
             concurrency,
             median: m,
             sequential,
+            pretokenized,
         }
     });
     router.token.cancel();
@@ -878,6 +931,24 @@ fn table(results: &[FleetResult]) {
             show(pct(&m.client, 1.0)),
             q(&m.decision),
             q(&s.client),
+            pct(&m.client, 0.5) / p50,
+            pct(&m.client, 0.99) / p99
+        );
+    }
+    for r in results {
+        let m = &r.pretokenized;
+        println!(
+            "| {} (token-id prompts) | {} | {} | {:.0} req/s | {} | {} | {} | {} | {} / {} | | {:.2}× / {:.2}× |",
+            r.workers,
+            r.entries,
+            r.concurrency,
+            m.throughput(),
+            show(pct(&m.client, 0.5)),
+            show(pct(&m.client, 0.95)),
+            show(pct(&m.client, 0.99)),
+            show(pct(&m.client, 1.0)),
+            show(pct(&m.decision, 0.5)),
+            show(pct(&m.decision, 0.99)),
             pct(&m.client, 0.5) / p50,
             pct(&m.client, 0.99) / p99
         );
