@@ -5,8 +5,13 @@
 //!
 //! Everything binds 127.0.0.1, request counts are fixed, and the run stops by itself. The load
 //! generator shares the 2 cores with the servers, so compare the ratios, not the absolutes.
+//! Full runs also draw `docs/img/proxy.png` (throughput and latency CDFs); small runs (under
+//! `cargo test`) draw it under `target/`.
 
 mod common;
+
+#[path = "common/proxy_plot.rs"]
+mod proxy_plot;
 
 #[path = "../tests/common/tokenizer.rs"]
 mod tokenizer_fixture;
@@ -143,6 +148,8 @@ struct Run {
     rps: f64,
     p50: Duration,
     p99: Duration,
+    /// Every measured request's latency, sorted (for the plot's CDF).
+    lat: Vec<Duration>,
 }
 
 async fn load(url: &str, total: usize, concurrency: usize) -> Run {
@@ -198,6 +205,7 @@ async fn load(url: &str, total: usize, concurrency: usize) -> Run {
         rps: lat.len() as f64 / secs,
         p50: lat[lat.len() / 2],
         p99: lat[(lat.len() - 1) * 99 / 100],
+        lat,
     }
 }
 
@@ -236,6 +244,19 @@ fn main() {
                 ours.rps / theirs.rps,
                 ours.p50.as_secs_f64() / theirs.p50.as_secs_f64()
             );
+        }
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let path = match std::env::var_os("CARGO_TARGET_DIR") {
+            _ if !small => root.join("docs/img/proxy.png"),
+            Some(t) => root.join(t).join("bench-proxy-small.png"),
+            None => root.join("target/bench-proxy-small.png"),
+        };
+        let _ = std::fs::create_dir_all(path.parent().expect("a directory"));
+        let title =
+            format!("proxy overhead on loopback: {total} requests, {conc} concurrent, 2 cores");
+        match proxy_plot::plot(&rows, &title, &path) {
+            Ok(()) => println!("plot written to {}", path.display()),
+            Err(e) => println!("WARNING: no plot: {e}"),
         }
     });
 }
