@@ -909,6 +909,22 @@ fn run_fleet(
     result
 }
 
+/// The table cells every row shares: index entries, concurrency, throughput and the client
+/// latency percentiles (p50, p95, p99, max) of one burst.
+fn client_cells(r: &FleetResult, m: &RunStats) -> String {
+    let c = |q| show(pct(&m.client, q));
+    format!(
+        "{} | {} | {:.0} req/s | {} | {} | {} | {}",
+        r.entries,
+        r.concurrency,
+        m.throughput(),
+        c(0.5),
+        c(0.95),
+        c(0.99),
+        c(1.0)
+    )
+}
+
 fn table(results: &[FleetResult]) {
     println!(
         "\n| workers | index entries | concurrent | throughput | client p50 | p95 | p99 | max | \
@@ -920,15 +936,9 @@ fn table(results: &[FleetResult]) {
         let (m, s) = (&r.median, &r.sequential);
         let q = |v: &[f64]| format!("{} / {}", show(pct(v, 0.5)), show(pct(v, 0.99)));
         println!(
-            "| {} | {} | {} | {:.0} req/s | {} | {} | {} | {} | {} | {} | {:.1}× / {:.1}× |",
+            "| {} | {} | {} | {} | {:.1}× / {:.1}× |",
             r.workers,
-            r.entries,
-            r.concurrency,
-            m.throughput(),
-            show(pct(&m.client, 0.5)),
-            show(pct(&m.client, 0.95)),
-            show(pct(&m.client, 0.99)),
-            show(pct(&m.client, 1.0)),
+            client_cells(r, m),
             q(&m.decision),
             q(&s.client),
             pct(&m.client, 0.5) / p50,
@@ -938,15 +948,9 @@ fn table(results: &[FleetResult]) {
     for r in results {
         let m = &r.pretokenized;
         println!(
-            "| {} (token-id prompts) | {} | {} | {:.0} req/s | {} | {} | {} | {} | {} / {} | | {:.2}× / {:.2}× |",
+            "| {} (token-id prompts) | {} | {} / {} | | {:.2}× / {:.2}× |",
             r.workers,
-            r.entries,
-            r.concurrency,
-            m.throughput(),
-            show(pct(&m.client, 0.5)),
-            show(pct(&m.client, 0.95)),
-            show(pct(&m.client, 0.99)),
-            show(pct(&m.client, 1.0)),
+            client_cells(r, m),
             show(pct(&m.decision, 0.5)),
             show(pct(&m.decision, 0.99)),
             pct(&m.client, 0.5) / p50,
