@@ -5,40 +5,55 @@
 //! `cost = uncached prefill work + load` is lowest.
 //!
 //! # Layout
-//! The I/O-free core (no tokio in any signature):
-//! - [`protocol`]: our wire format v1 (envelope + bodies, msgpack), with typed decode errors.
-//! - [`hashing`]: chained 64-bit block hashes over token ids, namespaced by model and adapter;
-//!   the one function the router and every reporter share.
-//! - [`index`]: the global cache map (block hash → workers, worker → blocks), longest-prefix
-//!   look-ups, digests, a memory bound, and speculative entries.
-//! - [`kv_events`]: vLLM's native KV-cache events: the msgpack codec and the ZMQ framing.
-//! - [`policy`]: the cost function and the baselines (round-robin, random, least-loaded,
-//!   approx).
-//! - [`fleet`]: the router's state machine over the index: per-worker sequencing, gap, epoch
-//!   and digest resyncs, registry, snapshots.
-//! - [`routing`]: one routing decision (candidates, overlaps + speculation, load, policy).
-//! - [`sim`]: the offline discrete-event simulator that drives the same index and policies
-//!   over simulated vLLM-like workers.
+//! Three crates, so the build keeps the floors:
+//! - `cache-router-core` (`src/core/`): the I/O-free core — protocol, hashing, index, policy,
+//!   fleet state machine, routing, liveness, KV-event codec, the reporter's sequencer, the
+//!   simulator's model. No tokio, clap or axum.
+//! - `cache-router-bus` (`src/bus/`): the transports the router and the `worker-reporter`
+//!   sidecar share — NATS JetStream (connection, subjects, publisher, snapshot store) and
+//!   vLLM's ZMQ KV-event sockets; the signal handler and retry pauses.
+//! - this crate: the router's async shell and the user-facing tools.
 //!
-//! The async shell:
-//! - [`owner`]: the thread that owns the fleet and routing state, and its handle.
-//! - [`bus`]: NATS: connection, JetStream infrastructure, the publisher, the router's ingest.
-//! - [`http`]: the axum app.
+//! This crate's modules, from the request path outwards:
+//! - [`server`]: the library server — [`RouterConfig`], [`Router::start`],
+//!   [`Router::serve`]`(listener, shutdown)`, [`Router::spawn`] for tests.
+//! - `fleet_actor`: the thread that owns the fleet and routing state; typed commands and
+//!   views through [`FleetHandle`].
+//! - `plane`: the event plane feeding the actor from NATS (consume, resync, registry watch,
+//!   load watch, snapshots).
+//! - `http`: the axum app (completions, dry-run `/route`, models, health/readiness/metrics,
+//!   admin behind a bearer layer).
+//! - `proxy`: forwarding with failover, the streamed passthrough, header filtering, in-flight
+//!   accounting.
+//! - `openai`: request parsing and errors in OpenAI's shape (shared with the mock engine).
+//! - `metrics`: every metric declared once, exposed with `prometheus-client`.
+//! - [`tokenize`]: chat templates and HF tokenizers, with a piece cache.
+//! - [`flags`]: flag groups and value parsers shared by the subcommands.
+//! - Tools, not on the request path: [`mock`] (a vLLM simulator speaking vLLM's wire
+//!   formats), [`sim`] (the offline simulator's command line and plots), [`demo`] (the live
+//!   demo), `plot` (the embedded font).
 //!
-//! Dependencies flow one way: protocol/hashing ← index ← policy ← fleet/routing ← sim / owner
-//! ← bus / http.
+//! Dependencies flow one way: core ← bus ← fleet_actor ← plane / http / proxy ← server ←
+//! the binary; the tools use the server and the core, never the reverse.
 
-pub mod bus;
 pub mod demo;
-pub mod fleet;
-pub mod hashing;
-pub mod http;
-pub mod index;
-pub mod kv_events;
+pub mod flags;
 pub mod mock;
-pub mod owner;
-pub mod policy;
-pub mod protocol;
-pub mod routing;
+pub mod plot;
+pub mod proxy;
 pub mod sim;
 pub mod tokenize;
+
+mod clock;
+mod fleet_actor;
+mod http;
+mod metrics;
+mod openai;
+mod plane;
+
+
+mod server;
+
+pub use fleet_actor::{FleetHandle, FleetOffline, FleetStats, WorkerView};
+pub use cache_router_core::liveness::EjectionPolicy;
+pub use server::{serve, NatsConfig, Router, RouterConfig, RouterCounters, RouterError, RunningRouter};

@@ -53,33 +53,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// The demo's signals: the first SIGINT, SIGTERM or SIGHUP (the terminal closing) stops the
-/// demo and its children gracefully; a second one kills the children at once.
-async fn demo_signals(
-    shutdown: tokio_util::sync::CancellationToken,
-    force: tokio_util::sync::CancellationToken,
-) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::warn!("cannot listen for signals; Ctrl-C will not stop the children cleanly");
-        return;
-    };
-    for token in [shutdown, force] {
-        tokio::select! {
-            _ = int.recv() => {},
-            _ = term.recv() => {},
-            _ = hup.recv() => {},
-        }
-        token.cancel();
-    }
-}
-
 /// The multi-threaded runtime, or `None` after saying why it could not start.
-fn runtime() -> Option<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Option<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new()
         .inspect_err(|e| eprintln!("error: cannot start the runtime: {e}"))
         .ok()
@@ -95,9 +70,13 @@ fn run_demo(args: cache_router::demo::DemoArgs) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let result = rt.block_on(async move {
+        // The first signal stops the demo and its children gracefully; a second kills them.
         let shutdown = tokio_util::sync::CancellationToken::new();
         let force = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(demo_signals(shutdown.clone(), force.clone()));
+        tokio::spawn(cache_router_bus::shutdown::cancel_on_signals(vec![
+            shutdown.clone(),
+            force.clone(),
+        ]));
         cache_router::demo::run(args, shutdown, force).await
     });
     match result {
@@ -125,7 +104,9 @@ fn run_mock_worker(args: cache_router::mock::MockWorkerArgs) -> ExitCode {
     let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
         let shutdown = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(serve::signal_shutdown(shutdown.clone()));
+        tokio::spawn(cache_router_bus::shutdown::cancel_on_signals(vec![
+            shutdown.clone(),
+        ]));
         let kv = cache_router::mock::kv::start_kv_publisher(&args, shutdown.clone()).await?;
         let events = kv.as_ref().map(|k| k.events.clone());
         cache_router::mock::run(args, listener, events, shutdown).await

@@ -1,371 +1,280 @@
-//! `cache-router serve`: flags, validation, binding, and the run loop with graceful shutdown.
+//! `cache-router serve`: flags → a validated [`RouterConfig`], bind, [`cache_router::serve`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
-use cache_router::bus::ingest::{self, IngestConfig};
-use cache_router::bus::{self, NatsArgs, StreamArgs};
-use cache_router::fleet::FleetConfig;
-use cache_router::http::{self, inflight::InFlight, proxy, routes};
-use cache_router::index::IndexConfig;
-use cache_router::owner;
-use cache_router::policy::{PolicyConfig, PolicyKind};
-use cache_router::protocol::{WorkerId, WorkerInfo};
-use cache_router::routing::{LoadSource, RoutingSetup};
-use cache_router::tokenize::ModelTokenizer;
+use cache_router::flags::{duration, policy_kind, ExtraModel, PolicyArgs, StaticWorker};
+use cache_router::tokenize::{ModelTokenizer, Models};
+use cache_router::{NatsConfig, RouterConfig, RouterError};
+use cache_router_bus::{NatsArgs, StreamArgs};
+use cache_router_core::backoff::Backoff;
+use cache_router_core::liveness::EjectionPolicy;
+use cache_router_core::policy::PolicyKind;
+use cache_router_core::protocol::WorkerInfo;
 
 /// Flags of `cache-router serve`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
     /// Address for HTTP (OpenAI endpoints, /route, health, readiness, metrics).
     #[arg(long, env = "CACHE_ROUTER_LISTEN", default_value = "127.0.0.1:8080")]
-    pub(crate) listen: SocketAddr,
+    listen: SocketAddr,
     /// A static worker, `ID=URL` or `ID=URL,model=NAME` (repeatable), for fleets without
     /// reporters; without `model=` it serves `--model`.
-    #[arg(long = "worker", value_name = "ID=URL[,model=NAME]")]
-    pub(crate) workers: Vec<String>,
+    #[arg(long = "worker", value_name = "ID=URL[,model=NAME]", value_parser = cache_router::flags::specs::static_worker)]
+    workers: Vec<StaticWorker>,
     /// Another served model with its own tokenizer, `NAME=DIR` (a model directory; repeatable).
     /// The request's `model` selects the tokenizer.
-    #[arg(long = "extra-model", value_name = "NAME=DIR")]
-    pub(crate) extra_models: Vec<String>,
+    #[arg(long = "extra-model", value_name = "NAME=DIR", value_parser = cache_router::flags::specs::extra_model)]
+    extra_models: Vec<ExtraModel>,
     /// Model name the tokenizer serves (requests name it in `model`).
     #[arg(long, env = "CACHE_ROUTER_MODEL")]
-    pub(crate) model: String,
+    model: String,
     /// A HF `tokenizer.json` for the model.
     #[arg(
         long,
         env = "CACHE_ROUTER_TOKENIZER",
         required_unless_present = "model_dir"
     )]
-    pub(crate) tokenizer: Option<PathBuf>,
+    tokenizer: Option<PathBuf>,
     /// A model directory (tokenizer.json, tokenizer_config.json with its chat_template).
     #[arg(long, env = "CACHE_ROUTER_MODEL_DIR", conflicts_with = "tokenizer")]
-    pub(crate) model_dir: Option<PathBuf>,
+    model_dir: Option<PathBuf>,
     /// A Jinja chat template overriding the model's.
     #[arg(long, env = "CACHE_ROUTER_CHAT_TEMPLATE")]
-    pub(crate) chat_template: Option<PathBuf>,
+    chat_template: Option<PathBuf>,
     /// Tokens per KV block of the engines.
     #[arg(long, env = "CACHE_ROUTER_BLOCK_SIZE", default_value_t = 16)]
-    pub(crate) block_size: usize,
+    block_size: usize,
     /// Routing policy (default: cache-aware with --nats, approx without).
-    #[arg(long, value_enum, env = "CACHE_ROUTER_POLICY")]
-    pub(crate) policy: Option<PolicyKind>,
+    #[arg(long, env = "CACHE_ROUTER_POLICY", value_parser = policy_kind())]
+    policy: Option<PolicyKind>,
     #[command(flatten)]
-    pub(crate) policy_config: PolicyConfig,
+    policy_config: PolicyArgs,
     /// Bearer token for /admin/*; unset disables them.
     #[arg(long, env = "CACHE_ROUTER_ADMIN_TOKEN", hide_env_values = true)]
-    pub(crate) admin_token: Option<String>,
+    admin_token: Option<String>,
     /// Larger request bodies get 413.
     #[arg(long, env = "CACHE_ROUTER_MAX_BODY_BYTES", default_value_t = 8 << 20)]
-    pub(crate) max_body_bytes: usize,
-    /// Worker slots tracked for in-flight accounting and health.
+    max_body_bytes: usize,
+    /// Worker slots tracked for in-flight accounting and liveness.
     #[arg(long, env = "CACHE_ROUTER_MAX_WORKERS", default_value_t = 4096)]
-    pub(crate) max_workers: usize,
-    /// Engine connect timeout, in milliseconds.
-    #[arg(long, env = "CACHE_ROUTER_CONNECT_TIMEOUT_MS", default_value_t = 2000)]
-    pub(crate) connect_timeout_ms: u64,
-    /// Time allowed until the engine's response headers, in milliseconds.
-    #[arg(
-        long,
-        env = "CACHE_ROUTER_FIRST_BYTE_TIMEOUT_MS",
-        default_value_t = 60_000
-    )]
-    pub(crate) first_byte_timeout_ms: u64,
-    /// Longest gap between body chunks, in milliseconds.
-    #[arg(long, env = "CACHE_ROUTER_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
-    pub(crate) idle_timeout_ms: u64,
+    max_workers: usize,
+    /// Engine connect timeout, e.g. 2s (a bare number is milliseconds).
+    #[arg(long = "connect-timeout", alias = "connect-timeout-ms", env = "CACHE_ROUTER_CONNECT_TIMEOUT_MS", default_value = "2s", value_parser = duration::ms)]
+    connect_timeout: Duration,
+    /// Time allowed until the engine's response headers, e.g. 60s (a bare number is
+    /// milliseconds).
+    #[arg(long = "first-byte-timeout", alias = "first-byte-timeout-ms", env = "CACHE_ROUTER_FIRST_BYTE_TIMEOUT_MS", default_value = "60s", value_parser = duration::ms)]
+    first_byte_timeout: Duration,
+    /// Longest gap between body chunks, e.g. 60s (a bare number is milliseconds).
+    #[arg(long = "idle-timeout", alias = "idle-timeout-ms", env = "CACHE_ROUTER_IDLE_TIMEOUT_MS", default_value = "60s", value_parser = duration::ms)]
+    idle_timeout: Duration,
     /// Workers tried per request (connect errors and 5xx before any byte retry the next).
     #[arg(long, env = "CACHE_ROUTER_MAX_ATTEMPTS", default_value_t = 3)]
-    pub(crate) max_attempts: u32,
+    max_attempts: u32,
+    /// Consecutive failures that eject a worker from routing.
+    #[arg(long, env = "CACHE_ROUTER_EJECT_AFTER", default_value_t = 3)]
+    eject_after: u32,
+    /// How long a first ejection lasts; each further one (without a success between) lasts
+    /// twice as long, up to --eject-max.
+    #[arg(long, env = "CACHE_ROUTER_EJECT_FOR", default_value = "10s", value_parser = duration::ms)]
+    eject_for: Duration,
+    /// Longest ejection.
+    #[arg(long, env = "CACHE_ROUTER_EJECT_MAX", default_value = "5m", value_parser = duration::ms)]
+    eject_max: Duration,
     #[command(flatten)]
-    pub(crate) nats: NatsArgs,
+    nats: NatsArgs,
     #[command(flatten)]
-    pub(crate) limits: StreamArgs,
+    limits: StreamArgs,
     /// Write a snapshot every this many applied stream messages.
     #[arg(long, env = "CACHE_ROUTER_SNAPSHOT_EVERY", default_value_t = 100_000)]
-    pub(crate) snapshot_every: u64,
-    /// ...or every this many seconds (when anything changed).
-    #[arg(long, env = "CACHE_ROUTER_SNAPSHOT_INTERVAL_S", default_value_t = 30)]
-    pub(crate) snapshot_interval_s: u64,
-    /// Timeout of one resync attempt, in milliseconds.
-    #[arg(long, env = "CACHE_ROUTER_RESYNC_TIMEOUT_MS", default_value_t = 5000)]
-    pub(crate) resync_timeout_ms: u64,
+    snapshot_every: u64,
+    /// ...or this often, when anything changed, e.g. 30s (a bare number is seconds).
+    #[arg(long = "snapshot-interval", alias = "snapshot-interval-s", env = "CACHE_ROUTER_SNAPSHOT_INTERVAL_S", default_value = "30s", value_parser = duration::secs)]
+    snapshot_interval: Duration,
+    /// Timeout of one resync attempt, e.g. 5s (a bare number is milliseconds).
+    #[arg(long = "resync-timeout", alias = "resync-timeout-ms", env = "CACHE_ROUTER_RESYNC_TIMEOUT_MS", default_value = "5s", value_parser = duration::ms)]
+    resync_timeout: Duration,
     /// Memory bound of the index, in (worker, block) entries (0 = unbounded).
     #[arg(
         long,
         env = "CACHE_ROUTER_MAX_INDEX_ENTRIES",
         default_value_t = 50_000_000
     )]
-    pub(crate) max_index_entries: usize,
-    /// Seconds to drain on SIGTERM/SIGINT before exiting anyway.
-    #[arg(long, env = "CACHE_ROUTER_SHUTDOWN_GRACE_S", default_value_t = 10)]
-    pub(crate) shutdown_grace_s: u64,
+    max_index_entries: usize,
+    /// How long to drain on SIGTERM/SIGINT before exiting anyway, e.g. 10s (a bare number is
+    /// seconds).
+    #[arg(long = "shutdown-grace", alias = "shutdown-grace-s", env = "CACHE_ROUTER_SHUTDOWN_GRACE_S", default_value = "10s", value_parser = duration::secs)]
+    shutdown_grace: Duration,
+}
+
+/// Why `serve` did not start.
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    /// Bad flags: exit 64.
+    #[error("invalid configuration: {0}")]
+    Usage(String),
+    /// A model that would not load.
+    #[error("{0}")]
+    Model(String),
 }
 
 impl ServeArgs {
-    fn validate(&self) -> Result<(), String> {
-        self.nats.validate().map_err(|e| e.to_string())?;
-        self.static_workers()?;
-        if self.nats.url.is_none() && self.workers.is_empty() {
-            return Err(
-                "give --nats (reporters register workers) or at least one --worker ID=URL".into(),
-            );
-        }
-        if self.block_size == 0 || self.max_workers == 0 || self.max_attempts == 0 {
-            return Err("--block-size, --max-workers and --max-attempts must be positive".into());
-        }
-        if self.model.is_empty() {
-            return Err("--model must not be empty".into());
-        }
-        if self.snapshot_every == 0 || self.snapshot_interval_s == 0 {
-            return Err("--snapshot-every and --snapshot-interval-s must be positive".into());
-        }
-        if self.resync_timeout_ms == 0 {
-            return Err("--resync-timeout-ms must be positive".into());
-        }
-        if self.limits.registry_ttl_ms < 100 {
-            return Err("--registry-ttl-ms must be at least 100".into());
-        }
-        Ok(())
-    }
-
-    fn static_workers(&self) -> Result<Vec<WorkerInfo>, String> {
+    fn static_workers(&self) -> Vec<WorkerInfo> {
         self.workers
             .iter()
-            .map(|w| {
-                let (id, rest) = w
-                    .split_once('=')
-                    .ok_or_else(|| format!("--worker {w:?}: expected ID=URL[,model=NAME]"))?;
-                let (url, model) = match rest.split_once(",model=") {
-                    Some((url, model)) if !model.is_empty() => (url, model.to_owned()),
-                    Some(_) => return Err(format!("--worker {w:?}: empty model name")),
-                    None => (rest, self.model.clone()),
-                };
-                let id = WorkerId(id.to_owned());
-                id.validate().map_err(|e| format!("--worker {w:?}: {e}"))?;
-                if !url.starts_with("http://") {
-                    return Err(format!(
-                        "--worker {w:?}: URL must start with http:// (this build proxies to \
-                         engines over plain HTTP; TLS to engines is not built in)"
-                    ));
-                }
-                Ok(WorkerInfo {
-                    id,
-                    url: url.trim_end_matches('/').to_owned(),
-                    model,
-                    block_size: self.block_size as u32,
-                    epoch: 0,
-                })
+            .map(|w| WorkerInfo {
+                id: w.id.clone(),
+                url: w.url.clone(),
+                model: w.model.clone().unwrap_or_else(|| self.model.clone()),
+                block_size: self.block_size as u32,
+                epoch: 0,
             })
             .collect()
     }
 
-    fn routing(&self) -> RoutingSetup {
-        let default = if self.nats.url.is_some() {
+    fn policy(&self) -> PolicyKind {
+        self.policy.unwrap_or(if self.nats.url.is_some() {
             PolicyKind::CacheAware
         } else {
             PolicyKind::Approx
-        };
-        RoutingSetup {
-            policy: self.policy.unwrap_or(default),
-            config: self.policy_config.clone(),
-            ..RoutingSetup::default()
-        }
+        })
     }
 
-    fn load_models(&self) -> anyhow::Result<routes::Models> {
+    fn load_models(&self) -> Result<Models, ServeError> {
+        let failed = |what: String| move |e: cache_router::tokenize::TokenizeError| ServeError::Model(format!("{what}: {e}"));
         let tok = match (&self.model_dir, &self.tokenizer) {
-            (Some(dir), _) => ModelTokenizer::from_model_dir(dir, self.chat_template.as_deref())?,
+            (Some(dir), _) => ModelTokenizer::from_model_dir(dir, self.chat_template.as_deref())
+                .map_err(failed(format!("--model-dir {}", dir.display())))?,
             (None, Some(path)) => {
-                ModelTokenizer::from_files(path, None, self.chat_template.as_deref())?
+                ModelTokenizer::from_files(path, None, self.chat_template.as_deref())
+                    .map_err(failed(format!("--tokenizer {}", path.display())))?
             }
-            (None, None) => anyhow::bail!("--tokenizer or --model-dir is required"),
+            (None, None) => {
+                return Err(ServeError::Usage("--tokenizer or --model-dir is required".into()))
+            }
         };
-        let tok = tok.with_model(self.model.clone(), self.block_size);
-        let mut models = routes::Models::new();
-        models.insert(self.model.clone(), Arc::new(tok));
-        for spec in &self.extra_models {
-            let (name, dir) = spec
-                .split_once('=')
-                .filter(|(n, d)| !n.is_empty() && !d.is_empty())
-                .ok_or_else(|| anyhow::anyhow!("--extra-model {spec:?}: expected NAME=DIR"))?;
-            if models.contains_key(name) {
-                anyhow::bail!("--extra-model {name:?} is given twice");
+        let mut models = Models::new();
+        models.insert(
+            self.model.clone(),
+            Arc::new(tok.with_model(self.model.clone(), self.block_size)),
+        );
+        for m in &self.extra_models {
+            if models.contains_key(&m.name) {
+                return Err(ServeError::Usage(format!(
+                    "--extra-model {:?} is given twice",
+                    m.name
+                )));
             }
-            let tok = ModelTokenizer::from_model_dir(std::path::Path::new(dir), None)
-                .map_err(|e| anyhow::anyhow!("--extra-model {name}: {e}"))?
-                .with_model(name, self.block_size);
-            models.insert(name.to_owned(), Arc::new(tok));
+            let tok = ModelTokenizer::from_model_dir(&m.dir, None)
+                .map_err(failed(format!("--extra-model {}", m.name)))?
+                .with_model(m.name.clone(), self.block_size);
+            models.insert(m.name.clone(), Arc::new(tok));
         }
         Ok(models)
     }
 
-    fn proxy_config(&self) -> proxy::ProxyConfig {
-        proxy::ProxyConfig {
-            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
-            first_byte_timeout: Duration::from_millis(self.first_byte_timeout_ms),
-            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
-            max_attempts: self.max_attempts,
-            ..proxy::ProxyConfig::default()
+    /// Checks the flags that need no file, then loads the models into a config.
+    fn into_config(self) -> Result<RouterConfig, ServeError> {
+        if self.block_size == 0 {
+            return Err(ServeError::Usage("--block-size must be positive".into()));
         }
-    }
-
-    fn ingest_config(&self, loads: Arc<dyn LoadSource>) -> IngestConfig {
-        IngestConfig {
-            nats: self.nats.clone(),
-            limits: self.limits.clone(),
-            fleet: FleetConfig {
-                index: IndexConfig {
-                    max_entries: match self.max_index_entries {
-                        0 => usize::MAX,
-                        n => n,
-                    },
-                },
-                ..FleetConfig::default()
+        if self.model.is_empty() {
+            return Err(ServeError::Usage("--model must not be empty".into()));
+        }
+        if self.nats.url.is_none() && self.workers.is_empty() {
+            return Err(ServeError::Usage(
+                "give --nats (reporters register workers) or at least one --worker ID=URL".into(),
+            ));
+        }
+        self.nats
+            .validate()
+            .map_err(|e| ServeError::Usage(e.to_string()))?;
+        if self.eject_after == 0 || self.eject_for.is_zero() || self.eject_max < self.eject_for {
+            return Err(ServeError::Usage(
+                "--eject-after and --eject-for must be positive, --eject-max at least --eject-for"
+                    .into(),
+            ));
+        }
+        let models = self.load_models()?;
+        let mut config = RouterConfig::new(models);
+        config.static_workers = self.static_workers();
+        config.policy = self.policy();
+        config.policy_config = self.policy_config.clone().into();
+        config.proxy.connect_timeout = self.connect_timeout;
+        config.proxy.first_byte_timeout = self.first_byte_timeout;
+        config.proxy.idle_timeout = self.idle_timeout;
+        config.proxy.max_attempts = self.max_attempts;
+        config.ejection = EjectionPolicy {
+            failures_to_eject: self.eject_after,
+            backoff: Backoff {
+                initial: self.eject_for,
+                max: self.eject_max,
             },
-            snapshot_every: self.snapshot_every,
-            snapshot_interval: Duration::from_secs(self.snapshot_interval_s),
-            resync_timeout: Duration::from_millis(self.resync_timeout_ms),
-            routing: self.routing(),
-            loads,
+        };
+        config.admin_token = self.admin_token.clone();
+        config.max_body_bytes = self.max_body_bytes;
+        config.max_workers = self.max_workers;
+        config.max_index_entries = (self.max_index_entries > 0).then_some(self.max_index_entries);
+        config.shutdown_grace = self.shutdown_grace;
+        if self.nats.url.is_some() {
+            config.nats = Some(NatsConfig {
+                nats: self.nats.clone(),
+                limits: self.limits.clone(),
+                snapshot_every: self.snapshot_every,
+                snapshot_interval: self.snapshot_interval,
+                resync_timeout: self.resync_timeout,
+            });
         }
+        config.validate().map_err(|e| match e {
+            RouterError::Config(m) => ServeError::Usage(m),
+            other => ServeError::Usage(other.to_string()),
+        })?;
+        Ok(config)
     }
 }
 
 pub(crate) fn main(args: ServeArgs) -> ExitCode {
-    if let Err(e) = args.validate() {
-        eprintln!("error: invalid configuration: {e}");
-        return ExitCode::from(crate::EX_USAGE);
-    }
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
+    let listen = args.listen;
+    let config = match args.into_config() {
+        Ok(c) => c,
+        Err(e @ ServeError::Usage(_)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(crate::EX_USAGE);
+        }
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let Some(rt) = crate::runtime() else {
+        return ExitCode::FAILURE;
+    };
     rt.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("error: cannot listen on {}: {e}", args.listen);
+                eprintln!("error: cannot listen on {listen}: {e}");
                 return ExitCode::FAILURE;
             }
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(signal_shutdown(shutdown.clone()));
-        match run(args, listener, shutdown).await {
+        tokio::spawn(cache_router_bus::shutdown::cancel_on_signals(vec![
+            shutdown.clone(),
+        ]));
+        match cache_router::serve(config, listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {e}");
                 ExitCode::FAILURE
             }
         }
     })
-}
-
-/// Loads the tokenizer, starts the fleet (event plane or static), serves HTTP until
-/// `shutdown`, then drains.
-async fn run(
-    args: ServeArgs,
-    listener: tokio::net::TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let grace = Duration::from_secs(args.shutdown_grace_s);
-    let models = args.load_models()?;
-    let inflight = InFlight::new(args.max_workers);
-    let loads: Arc<dyn LoadSource> = Arc::new(inflight.clone());
-    tracing::info!(
-        nats = args.nats.url.as_deref().unwrap_or("none (static workers)"),
-        listen = %listener.local_addr()?,
-        model = %args.model,
-        policy = ?args.routing().policy,
-        "starting router"
-    );
-    let static_workers = args.static_workers().map_err(anyhow::Error::msg)?;
-    enum Plane {
-        Nats(Box<ingest::EventPlane>, async_nats::Client),
-        Static(owner::StaticFleet),
-    }
-    let plane = if args.nats.url.is_some() {
-        let client = tokio::select! {
-            c = bus::connect(&args.nats, "cache-router") => c?,
-            _ = shutdown.cancelled() => return Ok(()),
-        };
-        let plane =
-            ingest::start(client.clone(), args.ingest_config(loads), shutdown.clone()).await?;
-        for w in static_workers {
-            plane.handle().register(w).await;
-        }
-        Plane::Nats(Box::new(plane), client)
-    } else {
-        let fleet = owner::spawn_static(
-            args.ingest_config(loads.clone()).fleet,
-            args.routing().build(),
-            loads,
-            static_workers,
-        )
-        .await?;
-        Plane::Static(fleet)
-    };
-    let fleet = match &plane {
-        Plane::Nats(p, _) => p.handle(),
-        Plane::Static(f) => f.handle(),
-    };
-    let mut state = http::AppState::new(fleet, models, inflight);
-    state.proxy = proxy::Proxy::new(args.proxy_config(), args.max_workers)?;
-    state.admin_token = args.admin_token.clone();
-    state.max_body_bytes = args.max_body_bytes;
-    let server = tokio::spawn(http::serve(listener, http::app(state), shutdown.clone()));
-    shutdown.cancelled().await;
-    tracing::info!("shutting down (grace {grace:?})");
-    match tokio::time::timeout(grace, server).await {
-        Ok(Ok(Err(e))) => tracing::warn!("http server: {e}"),
-        Err(_) => tracing::warn!("http server did not drain within the grace period"),
-        _ => {}
-    }
-    match plane {
-        Plane::Nats(plane, client) => {
-            plane.shutdown(grace).await;
-            let _ = tokio::time::timeout(grace, client.drain()).await;
-        }
-        Plane::Static(f) => f.shutdown().await,
-    }
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// Cancels `token` on SIGINT or SIGTERM.
-pub(crate) async fn signal_shutdown(token: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("cannot listen for SIGTERM: {e}");
-                    let _ = ctrl_c.await;
-                    token.cancel();
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-    token.cancel();
 }
 
 #[cfg(test)]
@@ -379,10 +288,10 @@ mod tests {
         serve: ServeArgs,
     }
 
-    fn parse(args: &[&str]) -> ServeArgs {
+    fn parse(args: &[&str]) -> Result<ServeArgs, clap::Error> {
         let mut v = vec!["serve", "--model", "m", "--tokenizer", "t.json"];
         v.extend_from_slice(args);
-        Cli::try_parse_from(v).unwrap().serve
+        Cli::try_parse_from(v).map(|c| c.serve)
     }
 
     #[test]
@@ -392,17 +301,13 @@ mod tests {
             "a=http://127.0.0.1:1/",
             "--worker",
             "b=http://h:2,model=qwen",
-        ]);
-        let w = a.static_workers().unwrap();
+        ])
+        .unwrap();
+        let w = a.static_workers();
         assert_eq!(w[0].url, "http://127.0.0.1:1");
         assert_eq!(w[0].model, "m");
         assert_eq!(w[1].model, "qwen");
-        assert_eq!(
-            a.routing().policy,
-            PolicyKind::Approx,
-            "no NATS: approx by default"
-        );
-        assert!(a.validate().is_ok());
+        assert_eq!(a.policy(), PolicyKind::Approx, "no NATS: approx by default");
         for bad in [
             "nourl",
             "a.b=http://x",
@@ -410,14 +315,48 @@ mod tests {
             "a=https://x",
             "a=http://x,model=",
         ] {
-            assert!(parse(&["--worker", bad]).validate().is_err(), "{bad}");
+            assert!(parse(&["--worker", bad]).is_err(), "{bad}");
         }
-        assert!(
-            parse(&[]).validate().is_err(),
-            "neither --nats nor --worker"
-        );
-        let n = parse(&["--nats", "nats://127.0.0.1:4222"]);
-        assert!(n.validate().is_ok());
-        assert_eq!(n.routing().policy, PolicyKind::CacheAware);
+        let n = parse(&["--nats", "nats://127.0.0.1:4222"]).unwrap();
+        assert_eq!(n.policy(), PolicyKind::CacheAware);
+    }
+
+    #[test]
+    fn durations_take_humantime_and_the_old_integer_flags() {
+        let a = parse(&["--connect-timeout", "1500ms", "--shutdown-grace", "1m"]).unwrap();
+        assert_eq!(a.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(a.shutdown_grace, Duration::from_secs(60));
+        let old = parse(&[
+            "--connect-timeout-ms",
+            "1500",
+            "--shutdown-grace-s",
+            "60",
+            "--registry-ttl-ms",
+            "600",
+            "--snapshot-interval-s",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(old.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(old.shutdown_grace, Duration::from_secs(60));
+        assert_eq!(old.limits.registry_ttl, Duration::from_millis(600));
+        assert_eq!(old.snapshot_interval, Duration::from_secs(5));
+        assert!(parse(&["--idle-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn usage_errors_come_before_loading_the_model() {
+        // t.json does not exist: each of these must fail on the flags, not on the file.
+        for args in [
+            &[][..],
+            &["--worker", "a=http://h:1", "--block-size", "0"],
+            &["--worker", "a=http://h:1", "--eject-after", "0"],
+            &["--nats", "nats://h:1", "--prefix", "a.b"],
+        ] {
+            let e = parse(args).unwrap().into_config().unwrap_err();
+            assert!(matches!(e, ServeError::Usage(_)), "{args:?}: {e}");
+        }
+        let e = parse(&["--worker", "a=http://h:1"]).unwrap().into_config().unwrap_err();
+        assert!(matches!(e, ServeError::Model(_)), "{e}");
     }
 }

@@ -21,9 +21,9 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{BusError, Subjects};
-use crate::index::BlockSet;
-use crate::protocol::{
+use crate::{BusError, Subjects};
+use cache_router_core::index::BlockSet;
+use cache_router_core::protocol::{
     decode_versioned, Body, Envelope, Load, SyncChunk, SyncRequest, WorkerId, PROTOCOL_VERSION,
 };
 
@@ -273,7 +273,7 @@ async fn answer_resync(inner: &Inner, reply: async_nats::Subject) -> Result<(), 
             total,
             entries: chunks.next().map(<[_]>::to_vec).unwrap_or_default(),
         };
-        let bytes = rmp_serde::to_vec(&chunk).map_err(crate::protocol::EncodeError::from)?;
+        let bytes = rmp_serde::to_vec(&chunk).map_err(cache_router_core::protocol::EncodeError::from)?;
         inner
             .client
             .publish(reply.clone(), bytes.into())

@@ -14,20 +14,24 @@
 //! Times are *model time*: the engines run `--speedup` times faster than the modelled GPU, and
 //! the client's wall-clock TTFTs are multiplied back by it to be comparable with the simulator.
 
-pub mod procs;
-pub mod traffic;
+mod children;
+mod fleet;
+mod procs;
+mod report;
+mod round;
+mod traffic;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::policy::{PolicyConfig, PolicyKind};
-use crate::sim::timing::TimingModel;
-use crate::sim::workload::{self, GeneratorConfig, Workload};
-use crate::sim::{self, SimResult};
-use procs::{free_port, http_ok, locate, Proc, Stopped};
-use traffic::{Replay, ReplayConfig};
+use crate::flags::{duration, policy_kind, PolicyArgs, TimingArgs};
+use cache_router_core::policy::PolicyKind;
+use cache_router_core::sim::workload::{self, GeneratorConfig, Workload};
+use cache_router_core::sim::{self, SimResult};
+use children::{Children, TIER_ROUTER};
+use procs::locate;
 
 const MODEL: &str = "mock-model";
 
@@ -47,7 +51,7 @@ pub struct DemoArgs {
     /// Policies to compare, comma-separated, run one after another on the same workload.
     #[arg(
         long,
-        value_enum,
+        value_parser = policy_kind(),
         value_delimiter = ',',
         default_value = "cache-aware,round-robin,least-loaded"
     )]
@@ -90,15 +94,20 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 4.0)]
     pub speedup: f64,
     #[command(flatten)]
-    pub timing: TimingModel,
+    pub timing: TimingArgs,
     #[command(flatten)]
-    pub policy_config: PolicyConfig,
+    pub policy_config: PolicyArgs,
     /// Requests in flight at most from the generator.
     #[arg(long, default_value_t = 256)]
     pub max_inflight: usize,
-    /// Reporters' digest interval (anti-entropy), in milliseconds.
-    #[arg(long, default_value_t = 2000)]
-    pub digest_interval_ms: u64,
+    /// Reporters' digest interval (anti-entropy), e.g. 2s (a bare number is milliseconds).
+    #[arg(
+        long = "digest-interval",
+        alias = "digest-interval-ms",
+        default_value = "2s",
+        value_parser = duration::ms
+    )]
+    pub digest_interval: Duration,
     /// Where the PNG plots and the children's logs go.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
@@ -115,9 +124,15 @@ pub struct DemoArgs {
     /// worker-reporter binary (default: next to this binary, else PATH).
     #[arg(long, env = "WORKER_REPORTER_BIN")]
     pub reporter_bin: Option<PathBuf>,
-    /// Seconds each child gets to exit after SIGTERM before it is killed.
-    #[arg(long, default_value_t = 10)]
-    pub shutdown_grace_s: u64,
+    /// How long each child gets to exit after SIGTERM before it is killed, e.g. 10s (a bare
+    /// number is seconds).
+    #[arg(
+        long = "shutdown-grace",
+        alias = "shutdown-grace-s",
+        default_value = "10s",
+        value_parser = duration::secs
+    )]
+    pub shutdown_grace: Duration,
     /// Skip the simulator's prediction for the same setting.
     #[arg(long)]
     pub no_sim: bool,
@@ -153,7 +168,7 @@ pub enum DemoError {
     #[error(transparent)]
     Workload(#[from] workload::WorkloadError),
     #[error(transparent)]
-    Plot(#[from] sim::report::PlotError),
+    Plot(#[from] crate::sim::report::PlotError),
     #[error("cannot write {path}: {msg}")]
     Output { path: String, msg: String },
 }
@@ -182,10 +197,8 @@ impl DemoArgs {
                 )));
             }
         }
-        if self.max_inflight == 0 || self.output_tokens == 0 || self.digest_interval_ms == 0 {
-            return bad(
-                "--max-inflight, --output-tokens and --digest-interval-ms must be positive",
-            );
+        if self.max_inflight == 0 || self.output_tokens == 0 || self.digest_interval.is_zero() {
+            return bad("--max-inflight, --output-tokens and --digest-interval must be positive");
         }
         let mut seen = std::collections::HashSet::new();
         if let Some(p) = self.policy.iter().find(|p| !seen.insert(**p)) {
@@ -269,131 +282,6 @@ impl DemoArgs {
     }
 }
 
-/// Every child process of the demo.
-#[derive(Debug, Default)]
-struct Children {
-    procs: Vec<Proc>,
-}
-
-/// Tiers: stopped highest first.
-const TIER_NATS: u8 = 0;
-const TIER_ENGINE: u8 = 1;
-const TIER_REPORTER: u8 = 2;
-const TIER_ROUTER: u8 = 3;
-
-/// How many times a child that binds ports is started with fresh ports before giving up.
-const START_ATTEMPTS: u32 = 3;
-
-impl Children {
-    /// Fails if any child has died.
-    fn check_all(&mut self) -> Result<(), DemoError> {
-        self.procs.iter_mut().try_for_each(Proc::check_alive)
-    }
-
-    /// Stops the children of `tier` together.
-    async fn stop_tier(
-        &mut self,
-        tier: u8,
-        grace: Duration,
-        force: &CancellationToken,
-    ) -> Vec<(String, Stopped)> {
-        let (now, rest): (Vec<Proc>, Vec<Proc>) = std::mem::take(&mut self.procs)
-            .into_iter()
-            .partition(|p| p.tier == tier);
-        self.procs = rest;
-        futures::future::join_all(now.into_iter().map(|p| async move {
-            let name = p.name.clone();
-            (name, p.stop(grace, force).await)
-        }))
-        .await
-    }
-
-    /// Stops everything, tier by tier (router, reporters, engines, NATS), each tier at once,
-    /// and says how each child ended.
-    async fn stop_all(&mut self, grace: Duration, force: &CancellationToken) {
-        let n = self.procs.len();
-        let mut ended = Vec::new();
-        while let Some(top) = self.procs.iter().map(|p| p.tier).max() {
-            ended.extend(self.stop_tier(top, grace, force).await);
-        }
-        if n == 0 {
-            return;
-        }
-        let count = |want: fn(&Stopped) -> bool| ended.iter().filter(|(_, s)| want(s)).count();
-        let clean = count(|s| *s == Stopped::Clean);
-        let killed = count(|s| *s == Stopped::Killed);
-        let dead: Vec<String> = ended
-            .iter()
-            .filter_map(|(name, s)| match s {
-                Stopped::Dead(status) => Some(format!("{name} ({status})")),
-                _ => None,
-            })
-            .collect();
-        println!(
-            "stopped {n} child processes: {clean} exited cleanly on SIGTERM, {killed} killed, {} had \
-             already exited{}",
-            dead.len(),
-            if dead.is_empty() { String::new() } else { format!(": {}", dead.join(", ")) }
-        );
-    }
-
-    /// Starts a child that binds loopback ports and waits until it is ready. Ports come from
-    /// [`free_port`], so another process can take one before the child binds it; a child that
-    /// dies while starting is started again with fresh ports.
-    #[allow(clippy::too_many_arguments)]
-    async fn start_bound<P, A, R, Fut>(
-        &mut self,
-        name: &str,
-        tier: u8,
-        bin: &Path,
-        logs: &Path,
-        cancel: &CancellationToken,
-        mut make: A,
-        ready: R,
-    ) -> Result<P, DemoError>
-    where
-        P: Clone,
-        A: FnMut() -> Result<(P, Vec<String>), DemoError>,
-        R: Fn(P) -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let mut attempt = 1;
-        loop {
-            let (ports, argv) = make()?;
-            self.procs.push(Proc::spawn(name, tier, bin, &argv, logs)?);
-            let r = procs::wait_ready(name, &mut self.procs, READY_TIMEOUT, cancel, || {
-                ready(ports.clone())
-            })
-            .await;
-            match r {
-                Ok(()) => return Ok(ports),
-                Err(DemoError::ChildExited { name: n, .. })
-                    if n == name && attempt < START_ATTEMPTS =>
-                {
-                    tracing::warn!(
-                        name,
-                        attempt,
-                        "exited while starting (a port taken?); retrying with new ports"
-                    );
-                    self.procs.pop();
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
-/// How long one child may take to become ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// One live engine + reporter pair's addresses.
-#[derive(Debug)]
-struct Worker {
-    id: String,
-    url: String,
-}
-
 /// Runs the demo until done or `cancel`; children are stopped either way (`force` cuts their
 /// grace period short: a second Ctrl-C).
 pub async fn run(
@@ -407,17 +295,16 @@ pub async fn run(
     std::fs::create_dir_all(&logs)
         .map_err(|e| DemoError::Setup(format!("cannot create {}: {e}", logs.display())))?;
     let mut children = Children::default();
-    let result = run_inner(&args, &workload, &logs, &mut children, &cancel, &force).await;
+    let result = run_rounds(&args, &workload, &logs, &mut children, &cancel, &force).await;
     if matches!(result, Err(DemoError::Cancelled)) {
         println!("interrupted: stopping every child process (again to kill them)");
     }
-    children
-        .stop_all(Duration::from_secs(args.shutdown_grace_s), &force)
-        .await;
+    children.stop_all(args.shutdown_grace, &force).await;
     result
 }
 
-async fn run_inner(
+/// Starts the fleet, runs one round per policy, prints and writes the comparison.
+async fn run_rounds(
     args: &DemoArgs,
     workload: &Workload,
     logs: &Path,
@@ -435,112 +322,19 @@ async fn run_inner(
         .build()
         .map_err(|e| DemoError::Setup(format!("HTTP client: {e}")))?;
     let bs = args.engine_block_size();
-    let grace = Duration::from_secs(args.shutdown_grace_s);
 
-    // NATS with JetStream, in its own store directory.
-    let store = logs.join("jetstream");
-    let _ = std::fs::remove_dir_all(&store);
-    let nats_port = children
-        .start_bound(
-            "nats-server",
-            TIER_NATS,
-            &nats_bin,
-            logs,
-            cancel,
-            || {
-                let port = free_port()?;
-                let argv = ["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]
-                    .iter()
-                    .map(|a| a.to_string())
-                    .chain([store.display().to_string()])
-                    .collect();
-                Ok((port, argv))
-            },
-            |port| procs::accepts(([127, 0, 0, 1], port).into()),
-        )
-        .await?;
-    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    let nats_url = fleet::start_nats(&nats_bin, logs, children, cancel).await?;
     println!("nats-server (JetStream) on {nats_url}");
-
-    // Engines and their reporters.
-    let model_dir = args.model_dir.display().to_string();
-    let mut workers = Vec::new();
-    for i in 0..args.workers {
-        let t = &args.timing;
-        let (hp, ep, rp) = children
-            .start_bound(
-                &format!("engine-{i}"),
-                TIER_ENGINE,
-                &me,
-                logs,
-                cancel,
-                || {
-                    let (hp, ep, rp) = (free_port()?, free_port()?, free_port()?);
-                    let argv = vec![
-                        "mock-worker".into(),
-                        "--listen".into(),
-                        format!("127.0.0.1:{hp}"),
-                        "--model".into(),
-                        MODEL.into(),
-                        "--model-dir".into(),
-                        model_dir.clone(),
-                        "--num-blocks".into(),
-                        args.num_blocks.to_string(),
-                        "--block-size".into(),
-                        bs.to_string(),
-                        "--speedup".into(),
-                        args.speedup.to_string(),
-                        "--prefill-overhead-ms".into(),
-                        t.prefill_overhead_ms.to_string(),
-                        "--prefill-ms-per-token".into(),
-                        t.prefill_ms_per_token.to_string(),
-                        "--decode-ms-per-token".into(),
-                        t.decode_ms_per_token.to_string(),
-                        "--decode-ms-per-seq".into(),
-                        t.decode_ms_per_seq.to_string(),
-                        "--kv-events-endpoint".into(),
-                        format!("tcp://127.0.0.1:{ep}"),
-                        "--kv-replay-endpoint".into(),
-                        format!("tcp://127.0.0.1:{rp}"),
-                    ];
-                    Ok(((hp, ep, rp), argv))
-                },
-                |(hp, _, _)| {
-                    let client = client.clone();
-                    async move { http_ok(&client, &format!("http://127.0.0.1:{hp}/health")).await }
-                },
-            )
-            .await?;
-        let url = format!("http://127.0.0.1:{hp}");
-        let id = format!("worker-{i}");
-        let argv: Vec<String> = vec![
-            "--worker-id".into(),
-            id.clone(),
-            "--engine-url".into(),
-            url.clone(),
-            "--model".into(),
-            MODEL.into(),
-            "--block-size".into(),
-            bs.to_string(),
-            "--zmq-endpoint".into(),
-            format!("tcp://127.0.0.1:{ep}"),
-            "--zmq-replay-endpoint".into(),
-            format!("tcp://127.0.0.1:{rp}"),
-            "--nats".into(),
-            nats_url.clone(),
-            "--digest-interval".into(),
-            format!("{}ms", args.digest_interval_ms),
-        ];
-        let reporter = Proc::spawn(
-            &format!("reporter-{i}"),
-            TIER_REPORTER,
-            &reporter_bin,
-            &argv,
-            logs,
-        )?;
-        children.procs.push(reporter);
-        workers.push(Worker { id, url });
-    }
+    let setup = fleet::FleetSetup {
+        args,
+        me: &me,
+        reporter_bin: &reporter_bin,
+        logs,
+        nats_url: &nats_url,
+        block_size: bs,
+        client: &client,
+    };
+    let workers = fleet::start_workers(&setup, children, cancel).await?;
     println!(
         "{} mock engines ({} blocks x {} tokens each), each with a worker-reporter; logs in {}",
         workers.len(),
@@ -556,69 +350,28 @@ async fn run_inner(
     );
 
     let ids: Vec<String> = workers.iter().map(|w| w.id.clone()).collect();
+    let round = round::RoundSetup {
+        args,
+        me: &me,
+        logs,
+        nats_url: &nats_url,
+        block_size: bs,
+        workers: workers.len(),
+        client: &client,
+    };
     let mut results = Vec::new();
     let mut failed = serde_json::Map::new();
     let mut total_failed = 0;
     for (k, &policy) in args.policy.iter().enumerate() {
-        // Cold caches for every policy: the reset reaches the router as AllBlocksCleared.
-        for w in &workers {
-            let url = format!("{}/reset_prefix_cache", w.url);
-            let resp = client
-                .post(&url)
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await;
-            match resp {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) => return Err(DemoError::Setup(format!("POST {url}: {}", r.status()))),
-                Err(e) => return Err(DemoError::Setup(format!("POST {url}: {e}"))),
-            }
-        }
-        // Owned by `children` while it runs, so an interrupt stops it like the others.
-        let n = workers.len();
-        let port =
-            children
-                .start_bound(
-                    &format!("router-{}", policy.name()),
-                    TIER_ROUTER,
-                    &me,
-                    logs,
-                    cancel,
-                    || {
-                        let port = free_port()?;
-                        Ok((port, router_args(args, policy, port, &nats_url, bs)))
-                    },
-                    |port| {
-                        let client = client.clone();
-                        async move {
-                            router_settled(&client, &format!("http://127.0.0.1:{port}"), n).await
-                        }
-                    },
-                )
-                .await?;
-        let router_url = format!("http://127.0.0.1:{port}");
-        println!(
-            "[{}/{}] policy {}: router on {router_url} sees {n} workers and an empty index",
-            k + 1,
-            args.policy.len(),
-            policy.name(),
-        );
-        let cfg = ReplayConfig {
-            url: router_url,
-            model: MODEL.into(),
-            block_size: bs,
-            speedup: args.speedup,
-            max_inflight: args.max_inflight,
-            timeout: Duration::from_secs(120),
-            label: policy.name().into(),
-        };
-        let replay: Replay = traffic::replay(&client, &cfg, workload, cancel).await;
+        fleet::reset_caches(&client, &workers).await?;
+        print!("[{}/{}] ", k + 1, args.policy.len());
+        let replay = round::run(&round, policy, workload, children, cancel).await?;
         if replay.interrupted || cancel.is_cancelled() {
             return Err(DemoError::Cancelled);
         }
         // A reporter or engine that died mid-run would make the numbers meaningless.
         children.check_all()?;
-        children.stop_tier(TIER_ROUTER, grace, force).await;
+        children.stop_tier(TIER_ROUTER, args.shutdown_grace, force).await;
         failed.insert(policy.name().into(), replay.failures.into());
         total_failed += replay.failures;
         if replay.failures > 0 {
@@ -651,14 +404,14 @@ async fn run_inner(
         "== live: {} (times in model ms = wall x {})",
         workload.name, args.speedup
     );
-    print!("{}", table(&results));
+    print!("{}", report::table(&results));
     let mut predicted = Vec::new();
     if !args.no_sim {
         let fleet = sim::FleetConfig {
             workers: workers.len(),
             capacity_blocks: args.num_blocks,
-            timing: args.timing.clone(),
-            policy: args.policy_config.clone(),
+            timing: args.timing.clone().into(),
+            policy: args.policy_config.clone().into(),
         };
         predicted = args
             .policy
@@ -666,178 +419,22 @@ async fn run_inner(
             .map(|&p| sim::simulate(workload, &fleet, p))
             .collect();
         println!("\n== `cache-router sim` prediction for the same workload and fleet");
-        print!("{}", table(&predicted));
+        print!("{}", report::table(&predicted));
     }
     // Results before plots: a plotting error must not lose them.
     if let Some(path) = &args.json {
-        // The live run does not observe evictions or the index's entries: leave them out
-        // rather than report zeros.
-        let live: Vec<serde_json::Value> = results
-            .iter()
-            .map(|r| {
-                let mut v = serde_json::to_value(r).unwrap_or_default();
-                if let Some(o) = v.as_object_mut() {
-                    for k in ["evictions", "index_entries", "index_mismatches"] {
-                        o.remove(k);
-                    }
-                }
-                v
-            })
-            .collect();
-        let v = serde_json::json!({"live": live, "sim": predicted, "failed": failed});
-        let out = serde_json::to_string_pretty(&v).unwrap_or_default();
-        std::fs::write(path, out).map_err(|e| DemoError::Output {
-            path: path.display().to_string(),
-            msg: e.to_string(),
-        })?;
+        report::write_json(path, &results, &predicted, &failed)?;
     }
-    let slug = if args.trace.is_some() {
-        "trace"
-    } else {
-        "chat-rag"
-    };
+    let slug = if args.trace.is_some() { "trace" } else { "chat-rag" };
     let title = format!(
         "live demo, {}: {} engines x {} blocks",
         workload.name,
         workers.len(),
         args.num_blocks
     );
-    let plot = args.out.join(format!("demo-{slug}.png"));
-    sim::report::plot(&results, &title, &plot)?;
-    println!("plot written to {}", plot.display());
-    if !predicted.is_empty() {
-        let plot = args.out.join(format!("demo-{slug}-sim.png"));
-        sim::report::plot(&predicted, &format!("simulated, {title}"), &plot)?;
-        println!("plot written to {}", plot.display());
-    }
+    report::plots(&args.out, slug, &title, &results, &predicted)?;
     if total_failed > 0 {
         return Err(DemoError::Failed(total_failed));
     }
     Ok(results)
-}
-
-fn router_args(args: &DemoArgs, policy: PolicyKind, port: u16, nats: &str, bs: u64) -> Vec<String> {
-    let c = &args.policy_config;
-    vec![
-        "serve".into(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--nats".into(),
-        nats.into(),
-        "--model".into(),
-        MODEL.into(),
-        "--model-dir".into(),
-        args.model_dir.display().to_string(),
-        "--block-size".into(),
-        bs.to_string(),
-        "--policy".into(),
-        policy.name().into(),
-        "--w-uncached".into(),
-        c.uncached_weight.to_string(),
-        "--w-prefill".into(),
-        c.prefill_weight.to_string(),
-        "--w-decode".into(),
-        c.decode_weight.to_string(),
-        "--temperature".into(),
-        c.temperature.to_string(),
-        "--approx-ttl-ms".into(),
-        c.approx_ttl_ms.to_string(),
-        "--approx-threshold".into(),
-        c.approx_threshold.to_string(),
-        "--approx-balance-abs".into(),
-        c.approx_balance_abs.to_string(),
-        "--policy-seed".into(),
-        c.seed.to_string(),
-        // Less than the demo waits: the router drains, then exits by itself.
-        "--shutdown-grace-s".into(),
-        (args.shutdown_grace_s / 3).max(1).to_string(),
-    ]
-}
-
-/// Ready, every worker registered (a candidate of a dry-run decision), and the index empty
-/// (the previous policy's blocks were cleared by the engines' resets).
-async fn router_settled(client: &reqwest::Client, url: &str, workers: usize) -> bool {
-    if !http_ok(client, &format!("{url}/ready")).await {
-        return false;
-    }
-    let probe = serde_json::json!({"model": MODEL, "prompt": [1, 2, 3]});
-    let candidates = match client
-        .post(format!("{url}/route"))
-        .json(&probe)
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-    {
-        Ok(r) if r.status().is_success() => r
-            .json::<serde_json::Value>()
-            .await
-            .ok()
-            .and_then(|v| v["candidates"].as_array().map(Vec::len)),
-        _ => None,
-    };
-    if candidates != Some(workers) {
-        return false;
-    }
-    let Ok(resp) = client
-        .get(format!("{url}/metrics"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-    else {
-        return false;
-    };
-    let Ok(text) = resp.text().await else {
-        return false;
-    };
-    metric(&text, "cache_router_index_entries") == Some(0.0)
-}
-
-/// The value of an unlabelled sample in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// The comparison table: hit rate, TTFT, throughput and imbalance per policy.
-pub fn table(results: &[SimResult]) -> String {
-    let mut s = format!(
-        "{:<14} {:>9} {:>9} {:>11} {:>11} {:>11} {:>12} {:>10}\n",
-        "policy",
-        "requests",
-        "hit_rate",
-        "ttft_p50",
-        "ttft_p99",
-        "ttft_mean",
-        "thru_rps",
-        "imbalance"
-    );
-    for r in results {
-        s.push_str(&format!(
-            "{:<14} {:>9} {:>8.1}% {:>9.1}ms {:>9.1}ms {:>9.1}ms {:>12.2} {:>10.2}\n",
-            r.policy,
-            r.requests,
-            r.hit_rate * 100.0,
-            r.ttft_p50_ms,
-            r.ttft_p99_ms,
-            r.ttft_mean_ms,
-            r.throughput_rps,
-            r.imbalance
-        ));
-    }
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metric_reads_unlabelled_samples_only() {
-        let text = "# HELP cache_router_workers x\ncache_router_workers 4\n\
-                    cache_router_workers_total{a=\"b\"} 9\ncache_router_index_entries 0\n";
-        assert_eq!(metric(text, "cache_router_workers"), Some(4.0));
-        assert_eq!(metric(text, "cache_router_index_entries"), Some(0.0));
-        assert_eq!(metric(text, "cache_router_missing"), None);
-    }
 }

@@ -20,7 +20,7 @@ use super::DemoError;
 
 /// One running child.
 #[derive(Debug)]
-pub struct Proc {
+pub(super) struct Proc {
     pub name: String,
     /// Children stop tier by tier, highest first (router, reporters, engines, NATS), so each
     /// can still reach what it depends on while it shuts down.
@@ -31,7 +31,7 @@ pub struct Proc {
 
 /// How a child ended when the demo stopped it.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Stopped {
+pub(super) enum Stopped {
     /// Exited after SIGTERM within the grace period.
     Clean,
     /// Killed: the grace period ran out, or the user asked twice.
@@ -54,7 +54,7 @@ const KEEP_ENV: &[&str] = &[
 
 impl Proc {
     /// Starts `bin args…` with stdout and stderr appended to `logs/<name>.log`.
-    pub fn spawn(
+    pub(super) fn spawn(
         name: &str,
         tier: u8,
         bin: &Path,
@@ -93,7 +93,7 @@ impl Proc {
     }
 
     /// Fails if the child has already exited (it crashed, e.g. on a bad flag or a port taken).
-    pub fn check_alive(&mut self) -> Result<(), DemoError> {
+    pub(super) fn check_alive(&mut self) -> Result<(), DemoError> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(DemoError::ChildExited {
@@ -107,7 +107,7 @@ impl Proc {
     }
 
     /// SIGTERM, then up to `grace` for a clean exit (cut short by `force`), then SIGKILL.
-    pub async fn stop(mut self, grace: Duration, force: &CancellationToken) -> Stopped {
+    pub(super) async fn stop(mut self, grace: Duration, force: &CancellationToken) -> Stopped {
         if let Ok(Some(status)) = self.child.try_wait() {
             tracing::warn!(name = %self.name, %status, log = %self.log.display(), "had already exited");
             return Stopped::Dead(status.to_string());
@@ -130,7 +130,7 @@ impl Proc {
 }
 
 /// The last `n` lines of a log file, for error messages.
-pub fn tail(path: &Path, n: usize) -> String {
+pub(super) fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -138,7 +138,7 @@ pub fn tail(path: &Path, n: usize) -> String {
 
 /// A loopback port free right now (the child binds it a moment later; another process could
 /// take it in between, which the readiness check then reports).
-pub fn free_port() -> Result<u16, DemoError> {
+pub(super) fn free_port() -> Result<u16, DemoError> {
     let l = TcpListener::bind("127.0.0.1:0")
         .map_err(|e| DemoError::Setup(format!("cannot find a free port: {e}")))?;
     Ok(l.local_addr()
@@ -149,7 +149,7 @@ pub fn free_port() -> Result<u16, DemoError> {
 /// Polls until `ready()` says yes, any child dies, the deadline passes or the demo is
 /// cancelled. `procs.last()` is the child being waited for. Readiness is an observable fact
 /// (a port accepts, an endpoint answers), so this polls rather than sleeping a fixed time.
-pub async fn wait_ready<F, Fut>(
+pub(super) async fn wait_ready<F, Fut>(
     what: &str,
     procs: &mut [Proc],
     timeout: Duration,
@@ -188,7 +188,7 @@ where
 }
 
 /// Whether something accepts TCP connections at `addr`.
-pub async fn accepts(addr: SocketAddr) -> bool {
+pub(super) async fn accepts(addr: SocketAddr) -> bool {
     matches!(
         tokio::time::timeout(
             Duration::from_millis(500),
@@ -200,7 +200,7 @@ pub async fn accepts(addr: SocketAddr) -> bool {
 }
 
 /// Whether `GET url` answers 2xx.
-pub async fn http_ok(client: &reqwest::Client, url: &str) -> bool {
+pub(super) async fn http_ok(client: &reqwest::Client, url: &str) -> bool {
     matches!(
         client.get(url).timeout(Duration::from_secs(2)).send().await,
         Ok(r) if r.status().is_success()
@@ -209,7 +209,7 @@ pub async fn http_ok(client: &reqwest::Client, url: &str) -> bool {
 
 /// Finds a program: an explicit path, else next to the running executable (cargo puts every
 /// binary of the workspace in one directory), else `PATH`.
-pub fn locate(explicit: Option<&Path>, name: &str) -> Result<PathBuf, DemoError> {
+pub(super) fn locate(explicit: Option<&Path>, name: &str) -> Result<PathBuf, DemoError> {
     if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
         return if p.is_file() {
             Ok(p.to_path_buf())

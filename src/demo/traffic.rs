@@ -18,9 +18,9 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::proxy::WORKER_HEADER;
-use crate::sim::workload::{SimRequest, Workload};
-use crate::sim::SimResult;
+use crate::proxy::WORKER_HEADER;
+use cache_router_core::sim::workload::{SimRequest, Workload};
+use cache_router_core::sim::SimResult;
 
 /// Token ids stay within this range so any tokenizer with a 100k+ vocabulary could detokenize.
 const TOKEN_BASE: u64 = 1_000;
@@ -35,7 +35,7 @@ fn splitmix(mut x: u64) -> u64 {
 
 /// Appends the prompt's token ids for `req` (request number `n`, which makes the partial tail
 /// unique) to `out`.
-pub fn prompt_tokens(req: &SimRequest, n: u64, block_size: u64, out: &mut Vec<u32>) {
+pub(super) fn prompt_tokens(req: &SimRequest, n: u64, block_size: u64, out: &mut Vec<u32>) {
     let total = req.input_tokens.max(1);
     for (i, h) in req.blocks.iter().enumerate() {
         let start = i as u64 * block_size;
@@ -55,7 +55,7 @@ pub fn prompt_tokens(req: &SimRequest, n: u64, block_size: u64, out: &mut Vec<u3
 }
 
 /// The JSON body of one streamed completion request.
-pub fn request_body(model: &str, tokens: &[u32], max_tokens: u64) -> String {
+pub(super) fn request_body(model: &str, tokens: &[u32], max_tokens: u64) -> String {
     let mut s = String::with_capacity(tokens.len() * 7 + 128);
     let _ = write!(s, "{{\"model\":{},\"prompt\":[", Value::from(model));
     for (i, t) in tokens.iter().enumerate() {
@@ -73,7 +73,7 @@ pub fn request_body(model: &str, tokens: &[u32], max_tokens: u64) -> String {
 
 /// What the client saw for one request.
 #[derive(Clone, Debug)]
-pub struct Record {
+pub(super) struct Record {
     pub worker: String,
     /// Wall-clock time to the first streamed chunk.
     pub ttft: Duration,
@@ -86,7 +86,7 @@ pub struct Record {
 
 /// The outcome of one replay.
 #[derive(Debug)]
-pub struct Replay {
+pub(super) struct Replay {
     pub records: Vec<Record>,
     pub failures: u64,
     /// The first few failure messages.
@@ -97,7 +97,7 @@ pub struct Replay {
 
 /// How to replay.
 #[derive(Clone, Debug)]
-pub struct ReplayConfig {
+pub(super) struct ReplayConfig {
     pub url: String,
     pub model: String,
     pub block_size: u64,
@@ -121,7 +121,7 @@ struct Progress {
 
 /// Sends every request of `workload` at its (compressed) arrival time, prints progress every
 /// two seconds, and returns when all have finished or `cancel` fires.
-pub async fn replay(
+pub(super) async fn replay(
     client: &reqwest::Client,
     cfg: &ReplayConfig,
     workload: &Workload,
@@ -307,7 +307,7 @@ fn usage(stream: &[u8]) -> Option<(u64, u64)> {
 
 /// Summarises a replay in the simulator's terms, so the same table and plots serve both.
 /// Times are model time: wall time × `speedup`.
-pub fn summarize(
+pub(super) fn summarize(
     policy: &str,
     workload: &str,
     workers: &[String],
@@ -363,7 +363,7 @@ pub fn summarize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::BlockHash;
+    use cache_router_core::protocol::BlockHash;
 
     fn req(blocks: &[u64], tokens: u64) -> SimRequest {
         SimRequest {

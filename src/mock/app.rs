@@ -16,9 +16,9 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::engine::MockEngine;
 use super::{metrics, MockError, MockWorkerArgs};
-use crate::http::error::ApiError;
-use crate::http::openai::{self, Endpoint, Input};
-use crate::kv_events::KvEventBatch;
+use crate::openai::ApiError;
+use crate::openai::{self, Endpoint, Input};
+use cache_router_core::kv_events::KvEventBatch;
 use crate::tokenize::{ChatMessage, ModelTokenizer};
 
 /// The dummy text of one output token.
@@ -55,7 +55,7 @@ impl AppState {
         let engine = MockEngine::new(
             args.num_blocks,
             args.block_size,
-            args.timing.clone(),
+            args.timing.clone().into(),
             args.speedup,
             events,
         );

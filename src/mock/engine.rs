@@ -8,10 +8,10 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Notify;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::kv_events::{BlockRemoved, BlockStored, EngineHash, KvEvent, KvEventBatch};
-use crate::protocol::{BlockHash, Body};
-use crate::sim::kv_cache::KvCache;
-use crate::sim::timing::TimingModel;
+use cache_router_core::kv_events::{BlockRemoved, BlockStored, EngineHash, KvEvent, KvEventBatch};
+use cache_router_core::protocol::{BlockHash, Body};
+use cache_router_core::sim::kv_cache::KvCache;
+use cache_router_core::sim::timing::TimingModel;
 
 /// Seed of the engine's block hashes; differs from the router's so that a reporter must
 /// translate engine hashes into ours.

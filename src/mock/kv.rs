@@ -5,13 +5,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{MockError, MockWorkerArgs};
-use crate::kv_events::codec::Layout;
-use crate::kv_events::zmq::{DropControl, EnginePublisher, EnginePublisherConfig};
+use cache_router_core::kv_events::Layout;
+use cache_router_bus::zmq::{DropControl, EnginePublisher, EnginePublisherConfig};
 
 /// A running KV event publisher: send batches into `events`.
 #[derive(Debug)]
 pub struct KvPublisher {
-    pub events: UnboundedSender<crate::kv_events::KvEventBatch>,
+    pub events: UnboundedSender<cache_router_core::kv_events::KvEventBatch>,
     /// The live endpoint as bound (port resolved).
     pub events_endpoint: Option<String>,
     /// The replay endpoint as bound (port resolved).
@@ -43,6 +43,7 @@ pub async fn start_kv_publisher(
         topic: args.kv_topic.as_bytes().to_vec(),
         buffer_steps: args.kv_replay_buffer_steps.max(1),
         drop_fraction: args.kv_drop_fraction,
+        drop_seed: args.kv_drop_seed,
         layout: Layout::Maps,
     })
     .await

@@ -6,9 +6,9 @@
 //! prefix cache ([`KvCache`], keyed by *engine* block hashes that differ from the router's)
 //! and emits vLLM-native KV events ([`KvEventBatch`]) on a channel the ZMQ publisher drains.
 //!
-//! [`TimingModel`]: crate::sim::timing::TimingModel
-//! [`KvCache`]: crate::sim::kv_cache::KvCache
-//! [`KvEventBatch`]: crate::kv_events::KvEventBatch
+//! [`TimingModel`]: cache_router_core::sim::timing::TimingModel
+//! [`KvCache`]: cache_router_core::sim::kv_cache::KvCache
+//! [`KvEventBatch`]: cache_router_core::kv_events::KvEventBatch
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,9 +17,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-use crate::kv_events::KvEventBatch;
-use crate::sim::timing::TimingModel;
+use crate::flags::TimingArgs;
 use crate::tokenize::{ModelTokenizer, TokenizeError};
+use cache_router_core::kv_events::KvEventBatch;
 
 pub mod app;
 pub mod engine;
@@ -67,7 +67,7 @@ pub struct MockWorkerArgs {
     #[arg(long, env = "CACHE_ROUTER_MOCK_SPEEDUP", default_value_t = 1.0)]
     pub speedup: f64,
     #[command(flatten)]
-    pub timing: TimingModel,
+    pub timing: TimingArgs,
     /// ZMQ endpoint to publish KV events on (vLLM's `endpoint`, e.g. `tcp://*:5557`).
     #[arg(long, env = "CACHE_ROUTER_MOCK_KV_EVENTS_ENDPOINT")]
     pub kv_events_endpoint: Option<String>,
@@ -84,6 +84,9 @@ pub struct MockWorkerArgs {
         default_value_t = 0.0
     )]
     pub kv_drop_fraction: f64,
+    /// Seed of the drop decisions (the same seed loses the same batches).
+    #[arg(long, env = "CACHE_ROUTER_MOCK_KV_DROP_SEED", default_value_t = 0)]
+    pub kv_drop_seed: u64,
     /// Engine steps kept for replay (vLLM's `buffer_steps`).
     #[arg(
         long,

@@ -8,7 +8,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::kv_events::{EngineHash, KvEvent, KvEventBatch};
+use cache_router_core::kv_events::{EngineHash, KvEvent, KvEventBatch};
 
 #[allow(dead_code)]
 #[path = "../../tests/common/tokenizer.rs"]
@@ -354,7 +354,7 @@ async fn waits_for_room_then_runs() {
 /// are byte for byte what vLLM 0.33 wrote for the same cache change.
 #[tokio::test]
 async fn engine_batches_match_vllms_bytes() {
-    use crate::kv_events::{encode_batch, Layout};
+    use cache_router_core::kv_events::{encode_batch, Layout};
     let dir = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/testdata/vllm-kv-events/v0.33.0/"
@@ -365,7 +365,7 @@ async fn engine_batches_match_vllms_bytes() {
     let tokens: Vec<u32> = (1000..1016).collect();
     drop(engine.admit(&tokens).await);
     let mut stored = rx.recv().await.unwrap();
-    let want = crate::kv_events::decode_batch(&fixture("01-stored-1block-root")).unwrap();
+    let want = cache_router_core::kv_events::decode_batch(&fixture("01-stored-1block-root")).unwrap();
     stored.ts = want.ts;
     match (&mut stored.events[..], &want.events[..]) {
         ([KvEvent::BlockStored(got)], [KvEvent::BlockStored(w)]) => {
@@ -384,7 +384,7 @@ async fn engine_batches_match_vllms_bytes() {
 
     engine.reset_prefix_cache();
     let mut cleared = rx.recv().await.unwrap();
-    cleared.ts = crate::kv_events::decode_batch(&fixture("14-all-blocks-cleared"))
+    cleared.ts = cache_router_core::kv_events::decode_batch(&fixture("14-all-blocks-cleared"))
         .unwrap()
         .ts;
     assert_eq!(

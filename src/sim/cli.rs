@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 
 use super::report;
-use super::timing::TimingModel;
-use super::workload::{self, GeneratorConfig, Workload, WorkloadError};
-use super::{simulate, FleetConfig, SimResult};
-use crate::index::MAX_WORKER_SLOT;
-use crate::policy::{PolicyConfig, PolicyKind};
+use crate::flags::{policy_kind, GeneratorArgs, PolicyArgs, TimingArgs};
+use cache_router_core::index::MAX_WORKER_SLOT;
+use cache_router_core::policy::PolicyKind;
+use cache_router_core::sim::workload::{self, Workload, WorkloadError};
+use cache_router_core::sim::{simulate, FleetConfig, SimResult};
 
 /// Built-in workload generators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -34,7 +34,7 @@ pub struct SimArgs {
     #[arg(long, value_enum, default_value_t = WorkloadKind::Chat)]
     pub workload: WorkloadKind,
     #[command(flatten)]
-    pub generator: GeneratorConfig,
+    pub generator: GeneratorArgs,
     /// Simulated engines.
     #[arg(long, default_value_t = 8)]
     pub workers: usize,
@@ -44,7 +44,7 @@ pub struct SimArgs {
     /// Policies to compare, comma-separated.
     #[arg(
         long,
-        value_enum,
+        value_parser = policy_kind(),
         value_delimiter = ',',
         default_value = "cache-aware,round-robin,least-loaded,random,approx"
     )]
@@ -56,9 +56,9 @@ pub struct SimArgs {
     #[arg(long)]
     pub plot: Option<PathBuf>,
     #[command(flatten)]
-    pub timing: TimingModel,
+    pub timing: TimingArgs,
     #[command(flatten)]
-    pub policy_config: PolicyConfig,
+    pub policy_config: PolicyArgs,
 }
 
 /// Why a simulation could not run.
@@ -128,8 +128,8 @@ impl SimArgs {
             (Some(path), _) => {
                 workload::load_mooncake(path, self.trace_block_size, self.time_scale)?
             }
-            (None, WorkloadKind::Chat) => workload::generate_chat(&self.generator),
-            (None, WorkloadKind::Rag) => workload::generate_rag(&self.generator),
+            (None, WorkloadKind::Chat) => workload::generate_chat(&self.generator.clone().into()),
+            (None, WorkloadKind::Rag) => workload::generate_rag(&self.generator.clone().into()),
         })
     }
 }
@@ -142,8 +142,8 @@ pub fn run(args: &SimArgs) -> Result<Vec<SimResult>, SimError> {
     let fleet = FleetConfig {
         workers: args.workers,
         capacity_blocks: args.capacity_blocks,
-        timing: args.timing.clone(),
-        policy: args.policy_config.clone(),
+        timing: args.timing.clone().into(),
+        policy: args.policy_config.clone().into(),
     };
     tracing::info!(
         workload = %workload.name,

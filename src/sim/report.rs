@@ -4,7 +4,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::SimResult;
+use cache_router_core::sim::SimResult;
 
 /// Renders results as an aligned text table.
 pub fn table(results: &[SimResult]) -> String {
@@ -58,6 +58,7 @@ pub fn plot(results: &[SimResult], title: &str, path: &Path) -> Result<(), PlotE
         path: path.display().to_string(),
         msg: e.to_string(),
     };
+    crate::plot::register_embedded_font();
     let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let root = root

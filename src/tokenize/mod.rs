@@ -22,6 +22,7 @@ pub mod chat;
 pub mod config;
 mod error;
 pub mod pieces;
+mod prompt;
 mod split;
 
 #[cfg(test)]
@@ -31,13 +32,14 @@ use std::path::{Path, PathBuf};
 
 use tokenizers::Tokenizer;
 
-use crate::hashing::{extend_block_hashes, namespace_seed};
-use crate::protocol::BlockHash;
+use cache_router_core::hashing::{extend_block_hashes, namespace_seed};
+use cache_router_core::protocol::BlockHash;
 
 pub use chat::{ChatMessage, ContentPart, MessageContent};
 pub use config::{ChatTemplateSource, TokenizerConfig};
 pub use error::TokenizeError;
 pub use pieces::{PieceCacheStats, SplitMode, DEFAULT_PIECE_CACHE_TOKENS};
+pub use prompt::{Models, PromptTokenizer};
 
 use chat::ChatTemplate;
 use pieces::PieceEncoder;

@@ -562,8 +562,8 @@ fn block_hashes_use_the_model_namespace() {
     let ids = t.encode_chat(&sample_chat()).unwrap();
     let mut out = Vec::new();
     t.block_hashes(&ids, &mut out);
-    let seed = crate::hashing::namespace_seed("tiny-model", None);
-    assert_eq!(out, crate::hashing::block_hashes(seed, &ids, 4));
+    let seed = cache_router_core::hashing::namespace_seed("tiny-model", None);
+    assert_eq!(out, cache_router_core::hashing::block_hashes(seed, &ids, 4));
     assert_eq!(out.len(), ids.len() / 4);
     let mut lora = Vec::new();
     t.block_hashes_for_adapter(Some("adapter"), &ids, &mut lora);

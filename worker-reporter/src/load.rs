@@ -1,11 +1,13 @@
-//! The engine's load from its Prometheus `/metrics` text.
-//!
-//! A tiny hand-written parser rather than a crate: we read four gauges by name from the text
-//! exposition format (`name{labels} value`), and the parser crates on crates.io are either
-//! unmaintained or pull in a full client library for this. Lines we do not need are ignored,
-//! so unknown or malformed metrics never fail a scrape.
+//! The engine's load: scraped from its Prometheus `/metrics` and published on core NATS.
 
-use cache_router::protocol::Load;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_router_bus::publisher::Publisher;
+use cache_router_core::prom_text;
+use cache_router_core::protocol::Load;
+use tokio_util::sync::CancellationToken;
 
 /// Metric names per engine: vLLM (current and pre-0.10 names) and SGLang.
 const RUNNING: &[&str] = &["vllm:num_requests_running", "sglang:num_running_reqs"];
@@ -16,64 +18,95 @@ const USAGE: &[&str] = &[
     "sglang:token_usage",
 ];
 
-/// Sums a metric over its label sets (an engine may report one series per model or DP rank).
-fn sum(text: &str, names: &[&str]) -> Option<f64> {
-    for name in names {
-        let mut found = None;
-        for line in text.lines() {
-            let line = line.trim();
-            if line.starts_with('#') || !line.starts_with(name) {
-                continue;
-            }
-            let rest = &line[name.len()..];
-            let rest = if rest.starts_with('{') {
-                match rest.find('}') {
-                    Some(end) => &rest[end + 1..],
-                    None => continue,
-                }
-            } else if rest.starts_with(' ') {
-                rest
-            } else {
-                continue; // a longer name with this prefix
-            };
-            if let Some(v) = rest
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<f64>().ok())
-            {
-                *found.get_or_insert(0.0) += v;
-            }
-        }
-        if found.is_some() {
-            return found;
-        }
-    }
-    None
+/// The first of `names` the text has, summed over its label sets.
+fn first_sum(text: &str, names: &[&str]) -> Option<f64> {
+    names.iter().find_map(|n| prom_text::sum(text, n))
 }
 
 /// `num_gpu_blocks` from vLLM's `vllm:cache_config_info{...,num_gpu_blocks="N",...} 1`.
 fn num_gpu_blocks(text: &str) -> Option<u64> {
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("vllm:cache_config_info{"))?;
-    let at = line.find("num_gpu_blocks=\"")? + "num_gpu_blocks=\"".len();
-    let end = line[at..].find('"')?;
-    line[at..at + end].parse().ok()
+    prom_text::samples(text)
+        .find(|s| s.name == "vllm:cache_config_info")?
+        .label("num_gpu_blocks")?
+        .parse()
+        .ok()
 }
 
 /// The load, or `None` when the text has none of the running/waiting gauges (not an engine).
 pub fn parse(text: &str) -> Option<Load> {
-    let running = sum(text, RUNNING);
-    let waiting = sum(text, WAITING);
+    let running = first_sum(text, RUNNING);
+    let waiting = first_sum(text, WAITING);
     if running.is_none() && waiting.is_none() {
         return None;
     }
     Some(Load {
         running: running.unwrap_or(0.0).max(0.0) as u32,
         waiting: waiting.unwrap_or(0.0).max(0.0) as u32,
-        kv_usage: sum(text, USAGE).unwrap_or(0.0).clamp(0.0, 1.0) as f32,
+        kv_usage: first_sum(text, USAGE).unwrap_or(0.0).clamp(0.0, 1.0) as f32,
         num_blocks: num_gpu_blocks(text),
     })
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Scrapes `{engine_url}/metrics` every `every` and publishes the load; `engine_ok_ms` is
+/// the wall-clock time of the last scrape the engine answered (the registration follows it).
+pub(crate) async fn run(
+    http: reqwest::Client,
+    engine_url: String,
+    publisher: Publisher,
+    every: Duration,
+    engine_ok_ms: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) {
+    let url = format!("{}/metrics", engine_url.trim_end_matches('/'));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let text = match http
+            .get(&url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+        {
+            Ok(r) => r.text().await,
+            Err(e) => Err(e),
+        };
+        match text.map(|t| parse(&t)) {
+            Ok(Some(load)) => {
+                engine_ok_ms.store(now_ms(), Ordering::Relaxed);
+                if failing {
+                    tracing::info!(%url, "engine metrics back");
+                    failing = false;
+                }
+                if let Err(e) = publisher.publish_load(load).await {
+                    tracing::warn!("publish load: {e}");
+                }
+            }
+            Ok(None) => {
+                engine_ok_ms.store(now_ms(), Ordering::Relaxed);
+                if !failing {
+                    tracing::warn!(%url, "no engine load gauges in /metrics");
+                    failing = true;
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(%url, "engine scrape failed: {e}");
+                    failing = true;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

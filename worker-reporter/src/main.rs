@@ -19,33 +19,10 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(signal_shutdown(shutdown.clone()));
+        tokio::spawn(cache_router_bus::shutdown::cancel_on_signals(vec![
+            shutdown.clone(),
+        ]));
         worker_reporter::run(args, shutdown).await
     })?;
     Ok(())
-}
-
-/// Cancels `token` on SIGINT or SIGTERM.
-async fn signal_shutdown(token: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    token.cancel();
 }

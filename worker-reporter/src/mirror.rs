@@ -19,13 +19,13 @@
 
 use std::collections::HashMap;
 
-use cache_router::hashing::{chain_hash, namespace_seed};
-use cache_router::kv_events::{BlockRemoved, BlockStored, EngineHash, KvEvent};
-use cache_router::protocol::{BlockHash, Body};
+use cache_router_core::hashing::{chain_hash, namespace_seed};
+use cache_router_core::kv_events::{BlockRemoved, BlockStored, EngineHash, KvEvent};
+use cache_router_core::protocol::{BlockHash, Body};
 
 /// Why events or blocks were not reported (exported as counters in logs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Skipped {
+pub(crate) struct Skipped {
     pub non_gpu_medium: u64,
     pub other_group: u64,
     pub extra_keys: u64,
@@ -36,7 +36,7 @@ pub struct Skipped {
 }
 
 #[derive(Debug)]
-pub struct Mirror {
+pub(crate) struct Mirror {
     model: String,
     block_size: usize,
     map: HashMap<EngineHash, BlockHash>,
@@ -53,7 +53,7 @@ fn is_gpu(medium: &Option<String>) -> bool {
 }
 
 impl Mirror {
-    pub fn new(model: impl Into<String>, block_size: usize, max_entries: usize) -> Self {
+    pub(crate) fn new(model: impl Into<String>, block_size: usize, max_entries: usize) -> Self {
         Mirror {
             model: model.into(),
             block_size: block_size.max(1),
@@ -63,26 +63,18 @@ impl Mirror {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 
     /// Forgets everything (engine restart or cleared cache).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.map.clear();
     }
 
-    /// Our hash for an engine hash, if mirrored.
-    pub fn ours(&self, engine: &EngineHash) -> Option<BlockHash> {
-        self.map.get(engine).copied()
-    }
-
     /// Translates one engine event into our body (`None` when nothing is to be reported).
-    pub fn apply(&mut self, event: &KvEvent) -> Option<Body> {
+    pub(crate) fn apply(&mut self, event: &KvEvent) -> Option<Body> {
         match event {
             KvEvent::BlockStored(s) => self.stored(s),
             KvEvent::BlockRemoved(r) => self.removed(r),
@@ -174,7 +166,7 @@ impl Mirror {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cache_router::hashing::block_hashes;
+    use cache_router_core::hashing::block_hashes;
 
     fn stored(hashes: &[u64], parent: Option<u64>, tokens: Vec<u32>) -> KvEvent {
         KvEvent::BlockStored(BlockStored {

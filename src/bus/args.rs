@@ -1,0 +1,132 @@
+//! The NATS flags the router and the reporter share: connection and authentication, and the
+//! limits of the event stream and the registry.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::duration;
+use crate::error::BusError;
+use crate::subjects::Subjects;
+
+/// NATS connection flags, shared by the router, the reporter and the tools.
+#[derive(Clone, Debug, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated. Without it the router runs on static workers only.
+    #[arg(long = "nats", env = "CACHE_ROUTER_NATS")]
+    pub url: Option<String>,
+    /// Subject prefix for every subject, stream, bucket and store this fleet uses.
+    #[arg(long, env = "CACHE_ROUTER_PREFIX", default_value = "kvr")]
+    pub prefix: String,
+    /// User name (with --nats-password).
+    #[arg(long, env = "CACHE_ROUTER_NATS_USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+    #[arg(long, env = "CACHE_ROUTER_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// Authentication token.
+    #[arg(long, env = "CACHE_ROUTER_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// Credentials file (JWT + NKey seed).
+    #[arg(long, env = "CACHE_ROUTER_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the server; implies TLS.
+    #[arg(long, env = "CACHE_ROUTER_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS, with --nats-tls-key.
+    #[arg(long, env = "CACHE_ROUTER_NATS_TLS_CERT", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "CACHE_ROUTER_NATS_TLS_KEY")]
+    pub nats_tls_key: Option<PathBuf>,
+    /// Timeout of one connection attempt and of each request, e.g. 5s (a bare number is
+    /// milliseconds).
+    #[arg(
+        long = "nats-timeout",
+        alias = "nats-timeout-ms",
+        env = "CACHE_ROUTER_NATS_TIMEOUT_MS",
+        default_value = "5s",
+        value_parser = duration::ms
+    )]
+    pub nats_timeout: Duration,
+}
+
+impl NatsArgs {
+    /// Defaults for a server at `url` (tests, tools).
+    pub fn for_url(url: impl Into<String>) -> Self {
+        NatsArgs {
+            url: Some(url.into()),
+            prefix: "kvr".into(),
+            nats_user: None,
+            nats_password: None,
+            nats_token: None,
+            nats_creds: None,
+            nats_tls_ca: None,
+            nats_tls_cert: None,
+            nats_tls_key: None,
+            nats_timeout: Duration::from_secs(5),
+        }
+    }
+
+    pub fn subjects(&self) -> Subjects {
+        Subjects::new(&self.prefix)
+    }
+
+    pub fn validate(&self) -> Result<(), BusError> {
+        let ok = !self.prefix.is_empty()
+            && self
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(BusError::Config(format!(
+                "--prefix {:?} must be non-empty A-Z, a-z, 0-9, '-' or '_'",
+                self.prefix
+            )));
+        }
+        if self.nats_timeout.is_zero() {
+            return Err(BusError::Config("--nats-timeout must be positive".into()));
+        }
+        Ok(())
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.nats_timeout
+    }
+}
+
+/// Limits of the event stream and the registry.
+#[derive(Clone, Debug, clap::Args)]
+pub struct StreamArgs {
+    /// Oldest event kept in the stream, e.g. 1h (a bare number is seconds). Replay after a
+    /// restart needs the tail since the last snapshot.
+    #[arg(
+        long = "stream-max-age",
+        alias = "stream-max-age-s",
+        env = "CACHE_ROUTER_STREAM_MAX_AGE_S",
+        default_value = "1h",
+        value_parser = duration::secs
+    )]
+    pub stream_max_age: Duration,
+    /// Stream size limit in bytes (oldest events are dropped past it).
+    #[arg(long, env = "CACHE_ROUTER_STREAM_MAX_BYTES", default_value_t = 1 << 30)]
+    pub stream_max_bytes: i64,
+    /// A worker whose registry entry was not refreshed for this long is considered gone, e.g.
+    /// 10s (a bare number is milliseconds).
+    #[arg(
+        long = "registry-ttl",
+        alias = "registry-ttl-ms",
+        env = "CACHE_ROUTER_REGISTRY_TTL_MS",
+        default_value = "10s",
+        value_parser = duration::ms
+    )]
+    pub registry_ttl: Duration,
+}
+
+impl Default for StreamArgs {
+    fn default() -> Self {
+        StreamArgs {
+            stream_max_age: Duration::from_secs(3600),
+            stream_max_bytes: 1 << 30,
+            registry_ttl: Duration::from_secs(10),
+        }
+    }
+}
+

@@ -1,0 +1,395 @@
+//! The fleet actor: one OS thread owns the [`Fleet`] (index included) and the routing state;
+//! everything else reaches it through a [`FleetHandle`] with typed [`Command`]s.
+//!
+//! One owner means no lock: events, resyncs, registry changes, read-only views and routing
+//! decisions are commands on one channel, applied in order, so CPU-heavy work never blocks
+//! the async runtime and a decision always sees a consistent index. The event plane
+//! ([`crate::plane`]) feeds it from NATS; a static fleet only registers workers. Replies come
+//! back on oneshots; a handle whose actor has stopped answers [`FleetOffline`].
+//!
+//! The thread stops when its [`ActorThread`] guard is dropped or stopped, or when every handle
+//! is gone.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use cache_router_core::fleet::{Fleet, FleetCounters, ResyncNeeded, Snapshot};
+use cache_router_core::index::{IndexStats, WorkerIdx};
+use cache_router_core::liveness::{Liveness, WorkerLiveness};
+use cache_router_core::protocol::{BlockHash, Envelope, Load, WorkerId, WorkerInfo};
+use cache_router_core::routing::{LoadSource, RouteOutcome, RouteRequest, RoutingState};
+
+/// Commands are queued at most this deep; senders wait beyond it (backpressure on ingest).
+const QUEUE: usize = 1024;
+
+/// The fleet actor is not running any more (shut down, or its thread ended).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the fleet actor has stopped")]
+pub struct FleetOffline;
+
+/// One stream message for [`Command::Apply`]: its stream sequence and the envelope, or None
+/// for a message that was counted and skipped (undecodable, forged).
+pub(crate) type StreamItem = (u64, Option<Envelope>);
+
+/// A fetched resync: a worker's whole set as of `(epoch, seq)`.
+#[derive(Debug)]
+pub(crate) struct SyncResult {
+    pub(crate) worker: WorkerId,
+    pub(crate) epoch: u64,
+    pub(crate) seq: u64,
+    pub(crate) entries: Vec<(BlockHash, Option<BlockHash>)>,
+    pub(crate) started: Instant,
+}
+
+/// What the actor does. Writes come from the event plane, reads from HTTP handlers.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Stream-ordered messages.
+    Apply(Vec<StreamItem>),
+    ResyncDone(SyncResult),
+    Register(WorkerInfo),
+    Deregister(WorkerId),
+    Load(WorkerId, Load),
+    /// Decide where a request goes.
+    Route(RouteRequest, oneshot::Sender<RouteOutcome>),
+    /// Does `worker` still wait for a resync?
+    NeedsResync(WorkerId, oneshot::Sender<bool>),
+    Snapshot(oneshot::Sender<Snapshot>),
+    /// Every worker, with its liveness as of the instant given.
+    Workers(Instant, oneshot::Sender<Vec<WorkerView>>),
+    WorkerBlocks(WorkerId, oneshot::Sender<Vec<BlockHash>>),
+    Stats(oneshot::Sender<FleetStats>),
+    /// Ends the thread.
+    Stop,
+}
+
+/// One worker as `/admin/workers` and tests see it.
+#[derive(Clone, Debug)]
+pub struct WorkerView {
+    pub id: WorkerId,
+    pub slot: WorkerIdx,
+    /// The registry entry (or static configuration); None for a worker known only from events.
+    pub info: Option<WorkerInfo>,
+    pub epoch: u64,
+    pub last_seq: u64,
+    pub resyncing: bool,
+    /// Blocks the index holds for it.
+    pub blocks: usize,
+    pub reported_load: Option<Load>,
+    /// The proxy's record of its failures.
+    pub liveness: WorkerLiveness,
+}
+
+impl WorkerView {
+    /// Registered (or static): eligible for traffic.
+    pub fn is_registered(&self) -> bool {
+        self.info.is_some()
+    }
+}
+
+/// Counters and sizes of the fleet and its index.
+#[derive(Clone, Debug, Default)]
+pub struct FleetStats {
+    pub counters: FleetCounters,
+    pub index: IndexStats,
+    /// Estimated heap bytes of the index's tables.
+    pub index_heap_bytes: usize,
+    /// Workers known (registered or seen in events).
+    pub workers: usize,
+    /// Registered workers.
+    pub registered: usize,
+    /// Models served by registered workers.
+    pub models: BTreeSet<String>,
+}
+
+/// A clonable handle to the fleet actor.
+#[derive(Clone, Debug)]
+pub struct FleetHandle {
+    tx: mpsc::Sender<Command>,
+    applied: watch::Receiver<u64>,
+    ready: watch::Receiver<bool>,
+}
+
+impl FleetHandle {
+    async fn ask<R>(&self, cmd: impl FnOnce(oneshot::Sender<R>) -> Command) -> Result<R, FleetOffline> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(cmd(tx)).await.map_err(|_| FleetOffline)?;
+        rx.await.map_err(|_| FleetOffline)
+    }
+
+    pub(crate) async fn send(&self, cmd: Command) -> Result<(), FleetOffline> {
+        self.tx.send(cmd).await.map_err(|_| FleetOffline)
+    }
+
+    /// Routes a request.
+    pub(crate) async fn route(&self, req: RouteRequest) -> Result<RouteOutcome, FleetOffline> {
+        self.ask(|tx| Command::Route(req, tx)).await
+    }
+
+    pub(crate) async fn needs_resync(&self, worker: WorkerId) -> Result<bool, FleetOffline> {
+        self.ask(|tx| Command::NeedsResync(worker, tx)).await
+    }
+
+    pub(crate) async fn snapshot(&self) -> Result<Snapshot, FleetOffline> {
+        self.ask(Command::Snapshot).await
+    }
+
+    /// Registers a worker (static fleets, tools).
+    pub(crate) async fn register(&self, info: WorkerInfo) -> Result<(), FleetOffline> {
+        self.send(Command::Register(info)).await
+    }
+
+    /// Every known worker, sorted by id.
+    pub async fn workers(&self) -> Result<Vec<WorkerView>, FleetOffline> {
+        let now = crate::clock::now();
+        self.ask(|tx| Command::Workers(now, tx)).await
+    }
+
+    /// One worker, if known.
+    pub async fn worker(&self, id: &str) -> Result<Option<WorkerView>, FleetOffline> {
+        Ok(self.workers().await?.into_iter().find(|w| w.id.0 == id))
+    }
+
+    /// The blocks the index holds for `id`, sorted (empty for an unknown worker).
+    pub async fn worker_blocks(&self, id: &str) -> Result<Vec<BlockHash>, FleetOffline> {
+        self.ask(|tx| Command::WorkerBlocks(WorkerId(id.to_owned()), tx))
+            .await
+    }
+
+    /// Counters and sizes.
+    pub async fn stats(&self) -> Result<FleetStats, FleetOffline> {
+        self.ask(Command::Stats).await
+    }
+
+    /// The last stream sequence applied.
+    pub fn applied_stream_seq(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Waits until the stream has been applied up to `stream_seq`.
+    pub async fn wait_applied(&self, stream_seq: u64) -> Result<(), FleetOffline> {
+        let mut rx = self.applied.clone();
+        rx.wait_for(|&s| s >= stream_seq)
+            .await
+            .map(|_| ())
+            .map_err(|_| FleetOffline)
+    }
+
+    /// True once the router replayed the stream up to where it stood at start.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Waits until [`is_ready`](Self::is_ready).
+    pub async fn wait_ready(&self) -> Result<(), FleetOffline> {
+        let mut rx = self.ready.clone();
+        rx.wait_for(|&r| r).await.map(|_| ()).map_err(|_| FleetOffline)
+    }
+}
+
+/// The running actor thread. Dropping it asks the thread to stop (without waiting);
+/// [`stop`](ActorThread::stop) also waits for it.
+#[derive(Debug)]
+pub(crate) struct ActorThread {
+    tx: mpsc::Sender<Command>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    ready: Arc<watch::Sender<bool>>,
+}
+
+/// Marks the fleet ready (caught up with the stream, or static), from any task.
+#[derive(Clone, Debug)]
+pub(crate) struct ReadySetter(Arc<watch::Sender<bool>>);
+
+impl ReadySetter {
+    pub(crate) fn set(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl ActorThread {
+    pub(crate) fn ready_setter(&self) -> ReadySetter {
+        ReadySetter(self.ready.clone())
+    }
+
+    /// Stops the thread and waits for it (off the async workers).
+    pub(crate) async fn stop(mut self) {
+        let _ = self.tx.send(Command::Stop).await;
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+impl Drop for ActorThread {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            // Best effort: a full queue still drains to Stop once the handles stop sending.
+            let _ = self.tx.try_send(Command::Stop);
+        }
+    }
+}
+
+/// What the actor needs besides the fleet.
+#[derive(Debug)]
+pub(crate) struct ActorParts {
+    pub(crate) routing: RoutingState,
+    /// The router's in-flight accounting.
+    pub(crate) loads: Arc<dyn LoadSource>,
+    /// The proxy's ejections (shared: the proxy writes, routing and views read).
+    pub(crate) liveness: Arc<Liveness>,
+    /// Where the resyncs the fleet asks for go (the event plane's resync task).
+    pub(crate) resyncs: mpsc::UnboundedSender<ResyncNeeded>,
+}
+
+/// Starts the actor thread over `fleet`.
+pub(crate) fn spawn(fleet: Fleet, parts: ActorParts) -> std::io::Result<(FleetHandle, ActorThread)> {
+    let (tx, rx) = mpsc::channel::<Command>(QUEUE);
+    let (applied_tx, applied_rx) = watch::channel(fleet.applied_stream_seq());
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name("fleet-actor".into())
+        .spawn(move || {
+            Actor {
+                fleet,
+                parts,
+                applied: applied_tx,
+            }
+            .run(rx)
+        })?;
+    let handle = FleetHandle {
+        tx: tx.clone(),
+        applied: applied_rx,
+        ready: ready_rx,
+    };
+    Ok((
+        handle,
+        ActorThread {
+            tx,
+            thread: Some(thread),
+            ready: Arc::new(ready_tx),
+        },
+    ))
+}
+
+struct Actor {
+    fleet: Fleet,
+    parts: ActorParts,
+    applied: watch::Sender<u64>,
+}
+
+impl Actor {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(cmd) = rx.blocking_recv() {
+            if !self.handle(cmd) {
+                break;
+            }
+        }
+    }
+
+    /// Applies one command; false to stop.
+    fn handle(&mut self, cmd: Command) -> bool {
+        let fleet = &mut self.fleet;
+        match cmd {
+            Command::Apply(batch) => {
+                for (seq, env) in batch {
+                    match env {
+                        Some(env) => {
+                            if let Some(need) = fleet.apply(seq, env) {
+                                let _ = self.parts.resyncs.send(need);
+                            }
+                        }
+                        None => fleet.note_stream_seq(seq),
+                    }
+                }
+                fleet.maintain();
+                self.applied.send_replace(fleet.applied_stream_seq());
+            }
+            Command::ResyncDone(r) => {
+                let took = r.started.elapsed();
+                if let Some(need) = fleet.resync_done(&r.worker, r.epoch, r.seq, &r.entries) {
+                    let _ = self.parts.resyncs.send(need);
+                }
+                tracing::info!(
+                    worker = %r.worker,
+                    blocks = r.entries.len(),
+                    as_of_seq = r.seq,
+                    took_ms = took.as_millis() as u64,
+                    "resync applied"
+                );
+            }
+            Command::Register(info) => fleet.register(info),
+            Command::Deregister(id) => {
+                if let Some(slot) = fleet.deregister(&id) {
+                    self.parts.routing.forget_worker(slot);
+                    self.parts.liveness.forget(slot);
+                    tracing::info!(worker = %id, "worker left: purged from the index");
+                }
+            }
+            Command::Load(id, load) => fleet.update_load(&id, load),
+            Command::Route(req, reply) => {
+                let outcome = self.parts.routing.route(
+                    fleet,
+                    self.parts.loads.as_ref(),
+                    &self.parts.liveness,
+                    &req,
+                );
+                let _ = reply.send(outcome);
+            }
+            Command::NeedsResync(id, reply) => {
+                let _ = reply.send(fleet.needs_resync(&id));
+            }
+            Command::Snapshot(reply) => {
+                let _ = reply.send(fleet.snapshot());
+            }
+            Command::Workers(now, reply) => {
+                let _ = reply.send(self.workers(now));
+            }
+            Command::WorkerBlocks(id, reply) => {
+                let mut blocks = fleet.worker_blocks(&id);
+                blocks.sort_unstable();
+                let _ = reply.send(blocks);
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
+            Command::Stop => return false,
+        }
+        true
+    }
+
+    fn workers(&self, now: Instant) -> Vec<WorkerView> {
+        let mut v: Vec<WorkerView> = self
+            .fleet
+            .workers()
+            .map(|(id, e)| WorkerView {
+                id: id.clone(),
+                slot: e.idx,
+                info: e.info.clone(),
+                epoch: e.epoch,
+                last_seq: e.last_seq,
+                resyncing: e.resyncing(),
+                blocks: self.fleet.index().worker_blocks(e.idx),
+                reported_load: e.load.clone(),
+                liveness: self.parts.liveness.of(e.idx, now),
+            })
+            .collect();
+        v.sort_by(|a, b| a.id.0.cmp(&b.id.0));
+        v
+    }
+
+    fn stats(&self) -> FleetStats {
+        let f = &self.fleet;
+        let registered: Vec<&WorkerInfo> = f.workers().filter_map(|(_, e)| e.info.as_ref()).collect();
+        FleetStats {
+            counters: f.counters().clone(),
+            index: f.index().stats(),
+            index_heap_bytes: f.index().heap_bytes(),
+            workers: f.workers().count(),
+            registered: registered.len(),
+            models: registered.iter().map(|i| i.model.clone()).collect(),
+        }
+    }
+}
