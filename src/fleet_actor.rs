@@ -124,8 +124,10 @@ impl FleetHandle {
         self.tx.send(cmd).await.map_err(|_| FleetOffline)
     }
 
-    /// Routes a request.
-    pub(crate) async fn route(&self, req: RouteRequest) -> Result<RouteOutcome, FleetOffline> {
+    /// Decides where a request goes (what `/route` and the proxy do after tokenizing): the
+    /// candidates ranked, with the look-up and scoring times. Unless `req.dry_run`, the
+    /// decision is recorded (speculation, the `approx` policy's history).
+    pub async fn route(&self, req: RouteRequest) -> Result<RouteOutcome, FleetOffline> {
         self.ask(|tx| Command::Route(req, tx)).await
     }
 
@@ -137,9 +139,26 @@ impl FleetHandle {
         self.ask(Command::Snapshot).await
     }
 
-    /// Registers a worker (static fleets, tools).
-    pub(crate) async fn register(&self, info: WorkerInfo) -> Result<(), FleetOffline> {
+    /// Registers a worker, as a registry entry would (routers without NATS, tools, tests).
+    pub async fn register(&self, info: WorkerInfo) -> Result<(), FleetOffline> {
         self.send(Command::Register(info)).await
+    }
+
+    /// Removes a worker and purges its blocks, as an expired registry entry would.
+    pub async fn deregister(&self, id: &str) -> Result<(), FleetOffline> {
+        self.send(Command::Deregister(WorkerId(id.to_owned()))).await
+    }
+
+    /// Applies one cache message as if it were stream message `stream_seq` (routers fed by
+    /// another event source, tools, tests); returns once it is applied.
+    pub async fn apply(&self, stream_seq: u64, env: Envelope) -> Result<(), FleetOffline> {
+        self.send(Command::Apply(vec![(stream_seq, Some(env))])).await?;
+        self.wait_applied(stream_seq).await
+    }
+
+    /// Records a worker's reported load, as a load report on NATS would.
+    pub async fn report_load(&self, id: &str, load: Load) -> Result<(), FleetOffline> {
+        self.send(Command::Load(WorkerId(id.to_owned()), load)).await
     }
 
     /// Every known worker, sorted by id.

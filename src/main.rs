@@ -107,9 +107,7 @@ fn run_mock_worker(args: cache_router::mock::MockWorkerArgs) -> ExitCode {
         tokio::spawn(cache_router_bus::shutdown::cancel_on_signals(vec![
             shutdown.clone(),
         ]));
-        let kv = cache_router::mock::kv::start_kv_publisher(&args, shutdown.clone()).await?;
-        let events = kv.as_ref().map(|k| k.events.clone());
-        cache_router::mock::run(args, listener, events, shutdown).await
+        cache_router::mock::run(args, listener, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

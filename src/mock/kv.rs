@@ -10,7 +10,7 @@ use cache_router_bus::zmq::{DropControl, EnginePublisher, EnginePublisherConfig}
 
 /// A running KV event publisher: send batches into `events`.
 #[derive(Debug)]
-pub struct KvPublisher {
+pub(super) struct KvPublisher {
     pub events: UnboundedSender<cache_router_core::kv_events::KvEventBatch>,
     /// The live endpoint as bound (port resolved).
     pub events_endpoint: Option<String>,
@@ -24,7 +24,7 @@ pub struct KvPublisher {
 /// Binds the sockets named by `--kv-events-endpoint`/`--kv-replay-endpoint` (`None` when no
 /// events endpoint is set). The engine binds both, as vLLM does with a `*` endpoint, so
 /// `tcp://127.0.0.1:P` works for tests and demos on one machine.
-pub async fn start_kv_publisher(
+pub(super) async fn start_kv_publisher(
     args: &MockWorkerArgs,
     shutdown: CancellationToken,
 ) -> Result<Option<KvPublisher>, MockError> {

@@ -14,16 +14,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use crate::flags::TimingArgs;
 use crate::tokenize::{ModelTokenizer, TokenizeError};
-use cache_router_core::kv_events::KvEventBatch;
 
 pub mod app;
 pub mod engine;
-pub mod kv;
+mod kv;
 pub mod metrics;
 #[cfg(test)]
 mod tests;
@@ -146,30 +144,106 @@ impl MockWorkerArgs {
     }
 }
 
-/// Loads the tokenizer and serves on `listener` until `shutdown` is cancelled. KV event
-/// batches (one per engine step) go to `events` when given.
+/// A started mock worker: its HTTP app on a bound listener and, when configured, its KV-event
+/// publisher (the sockets are bound before this returns).
+#[derive(Debug)]
+pub struct MockWorker {
+    state: Arc<AppState>,
+    kv: Option<kv::KvPublisher>,
+    listener: tokio::net::TcpListener,
+    url: String,
+}
+
+impl MockWorker {
+    /// Validates `args`, loads the tokenizer, binds the KV-event sockets (stopped by
+    /// `shutdown`) and builds the engine.
+    pub async fn start(
+        args: &MockWorkerArgs,
+        listener: tokio::net::TcpListener,
+        shutdown: &CancellationToken,
+    ) -> Result<MockWorker, MockError> {
+        args.validate()?;
+        let kv = kv::start_kv_publisher(args, shutdown.clone()).await?;
+        let state = AppState::from_args(args, kv.as_ref().map(|k| k.events.clone()))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        Ok(MockWorker {
+            state,
+            kv,
+            listener,
+            url,
+        })
+    }
+
+    /// Serves until `shutdown`, then waits for the KV publisher to stop.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), MockError> {
+        tracing::info!(url = %self.url, model = %self.state.model, "mock worker listening");
+        use axum::serve::ListenerExt;
+        let served = axum::serve(
+            self.listener.tap_io(crate::http::set_nodelay),
+            router(self.state),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+        if let Some(kv) = self.kv {
+            shutdown.cancel();
+            let _ = kv.task.await;
+        }
+        Ok(served?)
+    }
+
+    /// Serves in a task; the returned handle stops the worker when dropped.
+    pub fn spawn(self, shutdown: CancellationToken) -> RunningMock {
+        let running = RunningMock {
+            url: self.url.clone(),
+            engine: self.state.engine.clone(),
+            kv_events_endpoint: self.kv.as_ref().and_then(|k| k.events_endpoint.clone()),
+            kv_replay_endpoint: self.kv.as_ref().and_then(|k| k.replay_endpoint.clone()),
+            drop: self.kv.as_ref().map(|k| k.drop.clone()),
+            stop: Some(shutdown.clone().drop_guard()),
+            task: None,
+        };
+        RunningMock {
+            task: Some(tokio::spawn(self.serve(shutdown))),
+            ..running
+        }
+    }
+}
+
+/// A mock worker serving in a task (see [`MockWorker::spawn`]).
+#[derive(Debug)]
+pub struct RunningMock {
+    pub url: String,
+    /// The simulated engine (its cache, stats and reset).
+    pub engine: Arc<MockEngine>,
+    /// The KV-events PUB endpoint as bound (port resolved).
+    pub kv_events_endpoint: Option<String>,
+    /// The replay ROUTER endpoint as bound.
+    pub kv_replay_endpoint: Option<String>,
+    /// The publisher's live drop fraction.
+    pub drop: Option<cache_router_bus::zmq::DropControl>,
+    stop: Option<tokio_util::sync::DropGuard>,
+    task: Option<tokio::task::JoinHandle<Result<(), MockError>>>,
+}
+
+impl RunningMock {
+    /// Stops the worker (HTTP and KV sockets) and waits for it.
+    pub async fn stop(mut self) -> Result<(), MockError> {
+        drop(self.stop.take());
+        match self.task.take() {
+            Some(t) => t.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `cache-router mock-worker`: starts and serves until `shutdown`.
 pub async fn run(
     args: MockWorkerArgs,
     listener: tokio::net::TcpListener,
-    events: Option<UnboundedSender<KvEventBatch>>,
     shutdown: CancellationToken,
 ) -> Result<(), MockError> {
-    let state = AppState::from_args(&args, events)?;
-    serve(state, listener, shutdown).await
-}
-
-/// Serves an already built state (tests keep a handle on its engine).
-pub async fn serve(
-    state: Arc<AppState>,
-    listener: tokio::net::TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), MockError> {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, model = %state.model, "mock worker listening");
-    }
-    use axum::serve::ListenerExt;
-    axum::serve(listener.tap_io(crate::http::set_nodelay), router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
-    Ok(())
+    MockWorker::start(&args, listener, &shutdown)
+        .await?
+        .serve(shutdown)
+        .await
 }

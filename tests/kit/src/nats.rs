@@ -37,7 +37,7 @@ type Log = Arc<Mutex<VecDeque<String>>>;
 
 /// A running (or, between [`stop`](NatsServer::stop) and [`restart`](NatsServer::restart),
 /// stopped) `nats-server` with JetStream, owned by one test.
-pub(crate) struct NatsServer {
+pub struct NatsServer {
     bin: PathBuf,
     child: Option<Child>,
     port: u16,
@@ -55,7 +55,7 @@ impl NatsServer {
     /// Starts a server on a random free loopback port with a new, empty store directory and
     /// returns once it accepts clients. Panics, with the server's log, if the binary is missing
     /// or the server is not ready within 20 s.
-    pub(crate) fn start() -> NatsServer {
+    pub fn start() -> NatsServer {
         check_docker_request();
         let mut server = NatsServer {
             bin: server_bin(),
@@ -77,34 +77,34 @@ impl NatsServer {
     }
 
     /// `nats://127.0.0.1:PORT`; the same across [`restart`](NatsServer::restart).
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
     /// The client port; the same across [`restart`](NatsServer::restart).
-    pub(crate) fn port(&self) -> u16 {
+    pub fn port(&self) -> u16 {
         self.port
     }
 
     /// The JetStream store directory (`-sd`); the server keeps its data under `jetstream/`.
-    pub(crate) fn store_dir(&self) -> &Path {
+    pub fn store_dir(&self) -> &Path {
         &self.store_dir
     }
 
     /// The server's process id, or `None` while it is stopped.
-    pub(crate) fn pid(&self) -> Option<u32> {
+    pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
     /// Whether the server process is still alive.
-    pub(crate) fn is_running(&mut self) -> bool {
+    pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The last lines (at most 200) the server logged, across restarts.
-    pub(crate) fn log_tail(&self) -> String {
+    pub fn log_tail(&self) -> String {
         let log = lock(&self.log);
         if log.is_empty() {
             return "(nothing logged)\n".to_owned();
@@ -119,7 +119,7 @@ impl NatsServer {
 
     /// Kills the server (SIGKILL: a crash, not a clean shutdown) and waits for it to exit. The
     /// store directory is kept. Does nothing if it is already stopped.
-    pub(crate) fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if self.child.is_some() {
             push_line(&self.log, "--- fixture: stop (kill) ---".to_owned());
             self.kill_child();
@@ -129,7 +129,7 @@ impl NatsServer {
     /// Starts the server again (stopping it first if it is running) with the same store
     /// directory on the same port, and returns once it accepts clients. If the port is reported
     /// in use, retries a few times with a growing backoff; panics, with the log, if that fails.
-    pub(crate) fn restart(&mut self) {
+    pub fn restart(&mut self) {
         self.stop();
         let mut backoff = Duration::from_millis(50);
         for attempt in 1..=BIND_ATTEMPTS {

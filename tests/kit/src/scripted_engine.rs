@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 
 /// What an engine answers.
 #[derive(Clone, Debug)]
-pub(crate) enum Reply {
+pub enum Reply {
     /// 200 with the request body, byte for byte, and the request's content type.
     Echo,
     /// `status` with this JSON body.
@@ -48,7 +48,7 @@ pub(crate) enum Reply {
 
 /// What an engine did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Event {
+pub enum Event {
     /// SSE chunk `k` was handed to hyper at this instant.
     Produced(usize, Instant),
     /// The response stream was dropped; `completed` when it had yielded its last chunk.
@@ -57,19 +57,20 @@ pub(crate) enum Event {
 
 /// One request as the engine received it.
 #[derive(Debug, Clone)]
-pub(crate) struct Recorded {
-    pub(crate) path: String,
-    pub(crate) headers: HeaderMap,
-    pub(crate) body: Bytes,
+pub struct Recorded {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
 /// The SSE chunk for event `k`.
-pub(crate) fn sse_event(k: usize) -> String {
+pub fn sse_event(k: usize) -> String {
     format!("data: {{\"k\":{k}}}\n\n")
 }
 
-pub(crate) const SSE_DONE: &str = "data: [DONE]\n\n";
+pub const SSE_DONE: &str = "data: [DONE]\n\n";
 
+#[derive(Debug)]
 struct Shared {
     reply: Reply,
     hits: AtomicUsize,
@@ -78,16 +79,17 @@ struct Shared {
 }
 
 /// A running in-test engine; dropping it aborts its server task.
-pub(crate) struct Engine {
-    pub(crate) addr: SocketAddr,
+#[derive(Debug)]
+pub struct Engine {
+    pub addr: SocketAddr,
     shared: Arc<Shared>,
     /// Engine events, in order.
-    pub(crate) events: mpsc::UnboundedReceiver<Event>,
+    pub events: mpsc::UnboundedReceiver<Event>,
     task: JoinHandle<()>,
 }
 
 impl Engine {
-    pub(crate) async fn start(reply: Reply) -> Engine {
+    pub async fn start(reply: Reply) -> Engine {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind engine");
         let addr = listener.local_addr().unwrap();
         let (tx, events) = mpsc::unbounded_channel();
@@ -114,7 +116,7 @@ impl Engine {
 
     /// A raw HTTP/1.1 engine: reads one request, answers 200 with `content_type`, chunked,
     /// writes `first_chunk` and then waits, holding the connection, until [`kill`](Self::kill).
-    pub(crate) async fn start_dying(
+    pub async fn start_dying(
         content_type: &'static str,
         first_chunk: &'static str,
     ) -> Engine {
@@ -152,27 +154,27 @@ impl Engine {
         }
     }
 
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// Requests received so far.
-    pub(crate) fn hits(&self) -> usize {
+    pub fn hits(&self) -> usize {
         self.shared.hits.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn recorded(&self) -> Vec<Recorded> {
+    pub fn recorded(&self) -> Vec<Recorded> {
         self.shared.recorded.lock().unwrap().clone()
     }
 
     /// Aborts the server task (for [`start_dying`](Self::start_dying): closes the connection
     /// mid-body).
-    pub(crate) fn kill(&self) {
+    pub fn kill(&self) {
         self.task.abort();
     }
 
     /// The next event, waiting at most `patience`.
-    pub(crate) async fn next_event(&mut self, patience: Duration) -> Option<Event> {
+    pub async fn next_event(&mut self, patience: Duration) -> Option<Event> {
         tokio::time::timeout(patience, self.events.recv())
             .await
             .ok()
@@ -343,7 +345,7 @@ fn sse(
 
 /// A loopback port with nothing listening: bound, then released. Another process could bind
 /// it in between (a tiny race, acceptable in tests).
-pub(crate) fn closed_port() -> u16 {
+pub fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
