@@ -412,3 +412,105 @@ impl Actor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use cache_router_core::backoff::Backoff;
+    use cache_router_core::fleet::FleetConfig;
+    use cache_router_core::liveness::EjectionPolicy;
+    use cache_router_core::policy::PolicyKind;
+    use cache_router_core::protocol::BlockHash;
+    use cache_router_core::routing::{NoLoad, RoutingSetup};
+
+    use super::*;
+
+    fn info(id: &str) -> WorkerInfo {
+        WorkerInfo {
+            id: id.into(),
+            url: format!("http://127.0.0.1:9/{id}"),
+            model: "m".into(),
+            block_size: 16,
+            epoch: 1,
+        }
+    }
+
+    async fn ranked(h: &FleetHandle) -> Vec<String> {
+        let out = h
+            .route(RouteRequest {
+                model: "m".into(),
+                hashes: vec![BlockHash(1), BlockHash(2)],
+                dry_run: true,
+                now_ms: 0,
+                now: crate::clock::now(),
+                max_candidates: 0,
+            })
+            .await
+            .unwrap();
+        out.candidates.into_iter().map(|c| c.worker.0).collect()
+    }
+
+    /// The proxy records failures in the same `Liveness` routing reads: an ejected worker
+    /// leaves the ranking for 10 s, then 20 s after its next failure, and a success clears it.
+    #[tokio::test(start_paused = true)]
+    async fn ejections_double_on_the_paused_clock_and_routing_follows_them() {
+        let liveness = Arc::new(Liveness::new(
+            8,
+            EjectionPolicy {
+                failures_to_eject: 1,
+                backoff: Backoff {
+                    initial: Duration::from_secs(10),
+                    max: Duration::from_secs(300),
+                },
+            },
+            crate::clock::now(),
+        ));
+        let (resyncs, _rx) = mpsc::unbounded_channel();
+        let routing = RoutingSetup {
+            policy: PolicyKind::RoundRobin,
+            speculation: None,
+            ..RoutingSetup::default()
+        };
+        let (h, actor) = spawn(
+            Fleet::new(FleetConfig::default()),
+            ActorParts {
+                routing: routing.build(),
+                loads: Arc::new(NoLoad),
+                liveness: liveness.clone(),
+                resyncs,
+            },
+        )
+        .unwrap();
+        h.register(info("a")).await.unwrap();
+        h.register(info("b")).await.unwrap();
+        let a = h.worker("a").await.unwrap().unwrap().slot;
+        let mut both = ranked(&h).await;
+        both.sort();
+        assert_eq!(both, ["a", "b"]);
+
+        assert!(liveness.record_failure(a, crate::clock::now()));
+        assert_eq!(ranked(&h).await, ["b"], "ejected: not ranked");
+        let view = h.worker("a").await.unwrap().unwrap();
+        assert_eq!(view.liveness.ejected_for, Some(Duration::from_secs(10)));
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(ranked(&h).await, ["b"]);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(ranked(&h).await.len(), 2, "the first ejection lasts 10 s");
+
+        assert!(liveness.record_failure(a, crate::clock::now()), "fails again");
+        tokio::time::advance(Duration::from_secs(19)).await;
+        assert_eq!(ranked(&h).await, ["b"], "the second ejection lasts 20 s");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(ranked(&h).await.len(), 2);
+
+        assert!(liveness.record_failure(a, crate::clock::now()));
+        liveness.record_success(a);
+        assert_eq!(ranked(&h).await.len(), 2, "a success clears the ejection");
+        assert_eq!(
+            h.worker("a").await.unwrap().unwrap().liveness.ejections,
+            0
+        );
+        actor.stop().await;
+    }
+}

@@ -2,7 +2,6 @@
 //! engines, worker-reporters, routers) as child processes on loopback, a small workload, the
 //! comparison table, the PNGs, and a clean shutdown — also when interrupted with SIGINT.
 
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -64,7 +63,7 @@ fn demo(out: &Path, extra: &[&str]) -> Command {
     ])
     .arg(out)
     .arg("--model-dir")
-    .arg(common::tokenizer::deepseek_dir())
+    .arg(cache_router_testkit::tokenizer::deepseek_dir())
     .args(extra)
     .stdin(Stdio::null());
     cmd

@@ -1,7 +1,6 @@
-//! End to end through a real nats-server: publishers → JetStream → router ingest → index.
-//! Each test starts its own server on a free port with its own store directory.
-
-mod common;
+//! End to end through a real nats-server: publishers → JetStream → the router's event plane
+//! → index. Each test starts its own server on a free port with its own store directory, and
+//! routers through the library (`Router::spawn`, via the test kit).
 
 use std::time::{Duration, Instant};
 
@@ -9,36 +8,16 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-use cache_router::bus::ingest::{self, EventPlane, FleetHandle, IngestConfig};
-use cache_router::bus::publisher::{Publisher, Receipt};
-use cache_router::bus::{self, registry, NatsArgs, StreamArgs};
-use cache_router::fleet::ResyncCause;
-use cache_router::protocol::{BlockHash, Body, Envelope, Load, WorkerId, WorkerInfo};
-use common::nats::NatsServer;
+use cache_router::{FleetHandle, RunningRouter};
+use cache_router_bus::publisher::{Publisher, Receipt};
+use cache_router_bus::{registry, NatsArgs, StreamArgs, Subjects};
+use cache_router_core::fleet::{FleetCounters, ResyncCause};
+use cache_router_core::protocol::{BlockHash, Body, Envelope, Load, WorkerInfo};
+use cache_router_testkit::nats::NatsServer;
+use cache_router_testkit::{eventually, routers};
 
-const PATIENCE: Duration = Duration::from_secs(30);
-
-fn config(url: &str) -> IngestConfig {
-    let mut c = IngestConfig::new(NatsArgs::for_url(url));
-    c.snapshot_every = 100;
-    c.snapshot_interval = Duration::from_millis(500);
-    c.resync_timeout = Duration::from_secs(2);
-    c.limits = StreamArgs {
-        registry_ttl_ms: 600,
-        ..StreamArgs::default()
-    };
-    c
-}
-
-async fn start_router(url: &str) -> (EventPlane, CancellationToken) {
-    let token = CancellationToken::new();
-    let client = bus::connect(&NatsArgs::for_url(url), "test-router")
-        .await
-        .unwrap();
-    let plane = ingest::start(client, config(url), token.clone())
-        .await
-        .unwrap();
-    (plane, token)
+async fn start_router(url: &str) -> RunningRouter {
+    routers::nats_router(url).await
 }
 
 struct Worker {
@@ -50,14 +29,16 @@ struct Worker {
 
 impl Worker {
     async fn start(url: &str, id: &str, epoch: u64, seed: u64) -> Worker {
-        let client = bus::connect(&NatsArgs::for_url(url), id).await.unwrap();
+        let client = cache_router_bus::connect(&NatsArgs::for_url(url), id)
+            .await
+            .unwrap();
         // The stream must exist before the first publish (the router may not have started).
-        bus::ensure_infra(&client, &bus::Subjects::new("kvr"), &StreamArgs::default())
+        cache_router_bus::ensure_infra(&client, &Subjects::new("kvr"), &StreamArgs::default())
             .await
             .unwrap();
         let publisher = Publisher::new(
             client,
-            bus::Subjects::new("kvr"),
+            Subjects::new("kvr"),
             id.into(),
             epoch,
             Duration::from_secs(5),
@@ -110,25 +91,11 @@ impl Worker {
 }
 
 async fn router_view(h: &FleetHandle, id: &str) -> Vec<BlockHash> {
-    let id = WorkerId::from(id);
-    h.query(move |f| f.worker_blocks(&id)).await.unwrap()
+    h.worker_blocks(id).await.unwrap()
 }
 
-/// Polls `cond` until it holds or `PATIENCE` runs out (state that converges asynchronously).
-async fn eventually<F, Fut>(what: &str, mut cond: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !cond().await {
-        assert!(
-            start.elapsed() < PATIENCE,
-            "not within {PATIENCE:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    start.elapsed()
+async fn counters(h: &FleetHandle) -> FleetCounters {
+    h.stats().await.unwrap().counters
 }
 
 async fn converged(h: &FleetHandle, w: &Worker, id: &str) -> bool {
@@ -138,17 +105,18 @@ async fn converged(h: &FleetHandle, w: &Worker, id: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_publishers_reach_the_index_in_order() {
     let nats = NatsServer::start();
-    let (plane, _t) = start_router(&nats.url()).await;
-    let h = plane.handle();
+    let router = start_router(&nats.url()).await;
+    let h = router.fleet().clone();
     let mut a = Worker::start(&nats.url(), "wa", 1, 1).await;
     let mut b = Worker::start(&nats.url(), "wb", 1, 2).await;
     let (ra, rb) = tokio::join!(a.publish_random(300), b.publish_random(300));
     h.wait_applied(ra.stream_seq.unwrap().max(rb.stream_seq.unwrap()))
-        .await;
+        .await
+        .unwrap();
     assert_eq!(router_view(&h, "wa").await, a.truth().await);
     assert_eq!(router_view(&h, "wb").await, b.truth().await);
     assert!(!a.truth().await.is_empty());
-    let c = h.query(|f| f.counters().clone()).await.unwrap();
+    let c = counters(&h).await;
     assert_eq!(c.applied, 600);
     assert_eq!(
         c.resyncs_total(),
@@ -156,17 +124,17 @@ async fn two_publishers_reach_the_index_in_order() {
         "in-order delivery needs no resync: {c:?}"
     );
     assert_eq!(c.duplicates, 0);
-    plane.shutdown(Duration::from_secs(5)).await;
+    router.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_event_and_a_lying_digest_each_resync_to_equality() {
     let nats = NatsServer::start();
-    let (plane, _t) = start_router(&nats.url()).await;
-    let h = plane.handle();
+    let router = start_router(&nats.url()).await;
+    let h = router.fleet().clone();
     let mut w = Worker::start(&nats.url(), "w1", 7, 3).await;
     let r = w.publish_random(100).await;
-    h.wait_applied(r.stream_seq.unwrap()).await;
+    h.wait_applied(r.stream_seq.unwrap()).await.unwrap();
     assert_eq!(router_view(&h, "w1").await, w.truth().await);
 
     // 1. A message is lost: the next one reveals a sequence gap.
@@ -178,7 +146,7 @@ async fn a_lost_event_and_a_lying_digest_each_resync_to_equality() {
     w.publish_random(1).await;
     eventually("gap resync restores equality", || converged(&h, &w, "w1")).await;
     let gap_recovery = fault.elapsed();
-    let c = h.query(|f| f.counters().clone()).await.unwrap();
+    let c = counters(&h).await;
     assert_eq!(c.resyncs(ResyncCause::Gap), 1, "{c:?}");
     println!("gap fault -> index equal again: {gap_recovery:?}");
 
@@ -197,18 +165,18 @@ async fn a_lost_event_and_a_lying_digest_each_resync_to_equality() {
     })
     .await;
     let digest_recovery = fault.elapsed();
-    let c = h.query(|f| f.counters().clone()).await.unwrap();
+    let c = counters(&h).await;
     assert_eq!(c.resyncs(ResyncCause::DigestMismatch), 1, "{c:?}");
     assert_eq!(c.digest_mismatches, 1);
     println!("digest fault -> index equal again: {digest_recovery:?}");
 
     // A truthful digest afterwards matches and starts nothing.
     let r = w.publisher.publish_digest().await.unwrap();
-    h.wait_applied(r.stream_seq.unwrap()).await;
-    let c = h.query(|f| f.counters().clone()).await.unwrap();
+    h.wait_applied(r.stream_seq.unwrap()).await.unwrap();
+    let c = counters(&h).await;
     assert_eq!(c.digests_ok, 1);
     assert_eq!(c.resyncs_total(), 2);
-    plane.shutdown(Duration::from_secs(5)).await;
+    router.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,108 +184,113 @@ async fn restart_restores_snapshot_plus_tail_and_a_second_router_converges() {
     let nats = NatsServer::start();
     let mut a = Worker::start(&nats.url(), "wa", 1, 4).await;
     let mut b = Worker::start(&nats.url(), "wb", 1, 5).await;
-    let (plane, _t) = start_router(&nats.url()).await;
-    let h = plane.handle();
+    let router = start_router(&nats.url()).await;
+    let h = router.fleet().clone();
     a.publish_random(250).await;
     let r = b.publish_random(250).await;
-    h.wait_applied(r.stream_seq.unwrap()).await;
+    h.wait_applied(r.stream_seq.unwrap()).await.unwrap();
     // Stopping writes a final snapshot at the applied position.
-    plane.shutdown(Duration::from_secs(5)).await;
+    router.stop().await.unwrap();
 
     // Events keep coming while no router runs: the tail after the snapshot.
     a.publish_random(60).await;
     let r = b.publish_random(40).await;
     let tail_end = r.stream_seq.unwrap();
 
-    let (plane2, _t2) = start_router(&nats.url()).await;
-    let h2 = plane2.handle();
-    h2.wait_ready().await;
+    let router2 = start_router(&nats.url()).await;
+    let h2 = router2.fleet().clone();
+    h2.wait_ready().await.unwrap();
     assert!(h2.applied_stream_seq() >= tail_end);
     assert_eq!(router_view(&h2, "wa").await, a.truth().await);
     assert_eq!(router_view(&h2, "wb").await, b.truth().await);
-    let m = h2.metrics().snapshot();
+    let m = router2.counters();
     assert_eq!(
-        m.replayed, 100,
-        "only the tail after the snapshot is replayed: {m:?}"
+        m.replayed(),
+        100,
+        "only the tail after the snapshot is replayed"
     );
-    let c = h2.query(|f| f.counters().clone()).await.unwrap();
+    let c = counters(&h2).await;
     assert_eq!(c.resyncs_total(), 0, "{c:?}");
     println!(
         "restart: ready in {} ms, replayed {} messages",
-        m.recovery_ms, m.replayed
+        m.recovery_ms(),
+        m.replayed()
     );
 
     // A second router started later, beside the first, converges to the same index.
     let r = a.publish_random(30).await;
-    let (plane3, _t3) = start_router(&nats.url()).await;
-    let h3 = plane3.handle();
-    h3.wait_applied(r.stream_seq.unwrap()).await;
-    h2.wait_applied(r.stream_seq.unwrap()).await;
+    let router3 = start_router(&nats.url()).await;
+    let h3 = router3.fleet().clone();
+    h3.wait_applied(r.stream_seq.unwrap()).await.unwrap();
+    h2.wait_applied(r.stream_seq.unwrap()).await.unwrap();
     for id in ["wa", "wb"] {
         assert_eq!(router_view(&h3, id).await, router_view(&h2, id).await);
     }
     assert_eq!(router_view(&h3, "wa").await, a.truth().await);
-    plane3.shutdown(Duration::from_secs(5)).await;
-    plane2.shutdown(Duration::from_secs(5)).await;
+    router3.stop().await.unwrap();
+    router2.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_server_restart_while_publishing_ends_equal() {
     let mut nats = NatsServer::start();
     let url = nats.url();
-    let (plane, _t) = start_router(&url).await;
-    let h = plane.handle();
+    let router = start_router(&url).await;
+    let h = router.fleet().clone();
     let mut w = Worker::start(&url, "w1", 1, 6).await;
     w.publish_random(100).await;
 
-    let stop = CancellationToken::new();
-    let publishing = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let (mut ok, mut failed) = (0u32, 0u32);
-            while !stop.is_cancelled() {
-                let body = w.next_event();
-                match w.publisher.publish(body).await {
-                    Ok(_) => ok += 1,
-                    Err(_) => {
-                        failed += 1;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-                if ok >= 400 {
-                    break;
+    // Publish 400 more events while the server goes down and comes back; a publish that
+    // fails is retried (the batch it belongs to is what the engine would resend).
+    const EVENTS: u32 = 400;
+    let publishing = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0u32, 0u32);
+        let mut pending = None;
+        while ok < EVENTS {
+            let body = pending.take().unwrap_or_else(|| w.next_event());
+            match w.publisher.publish(body.clone()).await {
+                Ok(_) => ok += 1,
+                Err(_) => {
+                    failed += 1;
+                    pending = Some(body);
+                    // The server is down: wait before the next attempt.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
-            (w, ok, failed)
-        })
-    };
+        }
+        (w, ok, failed)
+    });
     // Bounce the server mid-stream (same store dir, same port).
     eventually("some events flow before the bounce", || async {
         h.applied_stream_seq() >= 150
     })
     .await;
     nats.stop();
+    assert!(!nats.is_running(), "the server is down");
     nats.restart();
-    let (w, ok, failed) = publishing.await.unwrap();
-    stop.cancel();
-    println!("published {ok} events, {failed} failed during the bounce");
+    let (w, ok, failed) = tokio::time::timeout(cache_router_testkit::patience(), publishing)
+        .await
+        .expect("publishing finishes after the server is back")
+        .unwrap();
+    assert_eq!(ok, EVENTS, "every event was published in the end");
+    println!("published {ok} events; {failed} attempts failed during the bounce and were retried");
     // A digest after the storm makes any divergence visible and repaired.
     let r = w.publisher.publish_digest().await.unwrap();
-    h.wait_applied(r.stream_seq.unwrap()).await;
+    h.wait_applied(r.stream_seq.unwrap()).await.unwrap();
     let took = eventually("router equals ground truth after the bounce", || {
         converged(&h, &w, "w1")
     })
     .await;
     println!("converged {took:?} after the final digest");
-    plane.shutdown(Duration::from_secs(5)).await;
+    router.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_unknown_version_messages_are_counted_and_skipped() {
     let nats = NatsServer::start();
-    let (plane, _t) = start_router(&nats.url()).await;
-    let h = plane.handle();
-    let client = bus::connect(&NatsArgs::for_url(nats.url()), "raw")
+    let router = start_router(&nats.url()).await;
+    let h = router.fleet().clone();
+    let client = cache_router_bus::connect(&NatsArgs::for_url(nats.url()), "raw")
         .await
         .unwrap();
     let js = async_nats::jetstream::new(client);
@@ -359,25 +332,25 @@ async fn malformed_and_unknown_version_messages_are_counted_and_skipped() {
         },
     );
     let last = publish("kvr.events.w1", good.encode().unwrap()).await;
-    h.wait_applied(last).await;
-    let m = h.metrics().snapshot();
-    assert_eq!(m.malformed, 1, "{m:?}");
-    assert_eq!(m.unknown_version, 1, "{m:?}");
-    assert_eq!(m.subject_mismatch, 1, "{m:?}");
+    h.wait_applied(last).await.unwrap();
+    let m = router.counters();
+    assert_eq!(m.malformed(), 1);
+    assert_eq!(m.unknown_version(), 1);
+    assert_eq!(m.subject_mismatch(), 1);
     assert_eq!(router_view(&h, "w1").await, vec![BlockHash(5)]);
     assert!(router_view(&h, "w2").await.is_empty());
-    plane.shutdown(Duration::from_secs(5)).await;
+    router.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_liveness_and_load_reports() {
     let nats = NatsServer::start();
-    let (plane, _t) = start_router(&nats.url()).await;
-    let h = plane.handle();
-    let client = bus::connect(&NatsArgs::for_url(nats.url()), "reporter")
+    let router = start_router(&nats.url()).await;
+    let h = router.fleet().clone();
+    let client = cache_router_bus::connect(&NatsArgs::for_url(nats.url()), "reporter")
         .await
         .unwrap();
-    let infra = bus::ensure_infra(&client, &bus::Subjects::new("kvr"), &StreamArgs::default())
+    let infra = cache_router_bus::ensure_infra(&client, &Subjects::new("kvr"), &StreamArgs::default())
         .await
         .unwrap();
     let info = |id: &str| WorkerInfo {
@@ -388,26 +361,22 @@ async fn registry_liveness_and_load_reports() {
         epoch: 1,
     };
     let ttl = Duration::from_millis(600);
+    let register = |id: &str, token: CancellationToken| {
+        tokio::spawn(registry::keep_registered(
+            infra.registry.clone(),
+            info(id),
+            ttl,
+            ttl / 3,
+            || true,
+            token,
+        ))
+    };
     let graceful = CancellationToken::new();
-    let reg_a = registry::register(infra.registry.clone(), info("wa"), ttl, graceful.clone())
-        .await
-        .unwrap();
-    let reg_b = registry::register(
-        infra.registry.clone(),
-        info("wb"),
-        ttl,
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let reg_a = register("wa", graceful.clone());
+    let reg_b = register("wb", CancellationToken::new());
     let known = |id: &'static str| {
         let h = h.clone();
-        async move {
-            let id = WorkerId::from(id);
-            h.query(move |f| f.worker(&id).and_then(|e| e.info.clone()))
-                .await
-                .unwrap()
-        }
+        async move { h.worker(id).await.unwrap().and_then(|w| w.info) }
     };
     eventually("both workers registered", || async {
         known("wa").await.is_some() && known("wb").await.is_some()
@@ -428,10 +397,10 @@ async fn registry_liveness_and_load_reports() {
         .await
         .unwrap();
     eventually("load applied", || async {
-        let id = WorkerId::from("wa");
-        h.query(move |f| f.worker(&id).and_then(|e| e.load.clone()))
+        h.worker("wa")
             .await
-            .flatten()
+            .unwrap()
+            .and_then(|w| w.reported_load)
             .is_some_and(|l| l.running == 3 && l.waiting == 2)
     })
     .await;
@@ -450,5 +419,5 @@ async fn registry_liveness_and_load_reports() {
     let took = eventually("wb expired", || async { known("wb").await.is_none() }).await;
     println!("expired worker purged {took:?} after its refresher died (TTL {ttl:?})");
     w.token.cancel();
-    plane.shutdown(Duration::from_secs(5)).await;
+    router.stop().await.unwrap();
 }

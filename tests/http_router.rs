@@ -1,34 +1,25 @@
-//! End to end through the whole router app on a real socket: the real DeepSeek tokenizer,
-//! the fleet's owner thread, the policy, the proxy, and small in-test engines over loopback.
+//! End to end through the whole router on a real socket: the real DeepSeek tokenizer, the
+//! fleet actor, the policy, the proxy, and small scripted engines over loopback. Routers are
+//! started through the library (`Router::spawn`).
 
-mod common;
-
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
-use cache_router::fleet::FleetConfig;
-use cache_router::http::{self, inflight::InFlight, routes};
-use cache_router::owner::{self, StaticFleet};
-use cache_router::policy::{PolicyConfig, PolicyKind};
-use cache_router::protocol::{Body, Envelope, WorkerInfo};
-use cache_router::routing::{LoadSource, RoutingSetup};
-use cache_router::tokenize::{ModelTokenizer, TokenizerConfig};
-use common::engine::{Engine, Reply};
+use cache_router::tokenize::{ModelTokenizer, Models, TokenizerConfig};
+use cache_router::{RouterConfig, RunningRouter};
+use cache_router_core::policy::PolicyKind;
+use cache_router_core::protocol::{Body, Envelope, Load};
+use cache_router_testkit::scripted_engine::{Engine, Reply};
+use cache_router_testkit::{eventually, routers, tokenizer};
 
 const MODEL: &str = "deepseek-test";
 const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-
-fn tokenizer_path() -> PathBuf {
-    common::tokenizer::deepseek_dir().join("tokenizer.json")
-}
+const ADMIN: &str = "tok";
 
 fn model_tokenizer() -> ModelTokenizer {
-    let tok = tokenizers::Tokenizer::from_file(tokenizer_path()).unwrap();
+    let tok = tokenizers::Tokenizer::from_file(tokenizer::tokenizer_file()).unwrap();
     ModelTokenizer::new(
         tok,
         TokenizerConfig::default(),
@@ -39,11 +30,9 @@ fn model_tokenizer() -> ModelTokenizer {
 }
 
 struct Router {
+    running: RunningRouter,
     base: String,
     client: reqwest::Client,
-    fleet: StaticFleet,
-    inflight: InFlight,
-    token: CancellationToken,
 }
 
 async fn start_router(engines: &[(&str, &Engine)], policy: PolicyKind) -> Router {
@@ -53,58 +42,28 @@ async fn start_router(engines: &[(&str, &Engine)], policy: PolicyKind) -> Router
 }
 
 async fn start_router_models(engines: &[(&str, &Engine, &str)], policy: PolicyKind) -> Router {
-    let inflight = InFlight::new(64);
-    let loads: Arc<dyn LoadSource> = Arc::new(inflight.clone());
-    let workers = engines
-        .iter()
-        .map(|(id, e, model)| WorkerInfo {
-            id: (*id).into(),
-            url: e.url(),
-            model: (*model).into(),
-            block_size: 16,
-            epoch: 1,
-        })
-        .collect();
-    let routing = RoutingSetup {
-        policy,
-        config: PolicyConfig::default(),
-        speculation: Some((100_000, Duration::from_secs(60), 1)),
-    };
-    let fleet = owner::spawn_static(FleetConfig::default(), routing.build(), loads, workers)
-        .await
-        .unwrap();
-    let mut models = routes::Models::new();
+    let mut models = Models::new();
     for (_, _, model) in engines {
-        let tok = model_tokenizer().with_model(*model, 16);
-        models.insert((*model).into(), Arc::new(tok));
+        models.insert((*model).into(), std::sync::Arc::new(model_tokenizer().with_model(*model, 16)));
     }
-    let mut state = http::AppState::new(fleet.handle(), models, inflight.clone());
-    state.max_body_bytes = 64 * 1024;
-    state.admin_token = Some("tok".into());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let token = CancellationToken::new();
-    tokio::spawn(http::serve(listener, http::app(state), token.clone()));
+    let mut config = RouterConfig::new(models);
+    config.static_workers = engines
+        .iter()
+        .map(|(id, e, model)| routers::worker(id, &e.url(), model))
+        .collect();
+    config.policy = policy;
+    config.speculation = Some((100_000, Duration::from_secs(60), 1));
+    config.max_body_bytes = 64 * 1024;
+    config.admin_token = Some(ADMIN.into());
+    let running = routers::spawn(config).await;
     Router {
-        base,
-        client: reqwest::Client::builder().no_proxy().build().unwrap(),
-        fleet,
-        inflight,
-        token,
+        base: running.url().to_owned(),
+        running,
+        client: cache_router_testkit::http_client(),
     }
 }
 
 impl Router {
-    /// The index slot of worker `id`.
-    async fn slot(&self, id: &str) -> cache_router::index::WorkerIdx {
-        let id: cache_router::protocol::WorkerId = id.into();
-        self.fleet
-            .handle()
-            .query(move |f| f.worker(&id).unwrap().idx)
-            .await
-            .unwrap()
-    }
-
     async fn post(&self, path: &str, body: &Value) -> (StatusCode, Option<String>, Value) {
         let r = self
             .client
@@ -122,9 +81,33 @@ impl Router {
         (status, worker, v)
     }
 
+    /// `/admin/workers`, as an operator reads it.
+    async fn admin_workers(&self) -> Value {
+        self.client
+            .get(format!("{}/admin/workers", self.base))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The router's own in-flight requests to worker `id` (from `/admin/workers`).
+    async fn in_flight(&self, id: &str) -> u64 {
+        let v = self.admin_workers().await;
+        v["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["id"] == id)
+            .and_then(|w| w["in_flight"]["requests"].as_u64())
+            .unwrap()
+    }
+
     async fn stop(self) {
-        self.token.cancel();
-        self.fleet.shutdown().await;
+        self.running.stop().await.unwrap();
     }
 }
 
@@ -160,8 +143,20 @@ async fn repeated_prefix_sticks_to_its_worker_and_a_new_prefix_goes_to_least_cos
     assert_eq!(d["policy"], "cache-aware");
     // A new prefix goes to the least-cost worker: the one not loaded by a long stream.
     let other = if first == "a" { "b" } else { "a" };
-    let busy_slot = r.slot(&first).await;
-    let _held = r.inflight.begin(busy_slot, 500);
+    // The worker holding alpha reports being busy (as its reporter's load report would).
+    r.running
+        .fleet()
+        .report_load(
+            &first,
+            Load {
+                running: 500,
+                waiting: 0,
+                kv_usage: 0.5,
+                num_blocks: None,
+            },
+        )
+        .await
+        .unwrap();
     let (s, w, _) = r
         .post(
             "/v1/completions",
@@ -191,23 +186,21 @@ async fn a_prefix_the_index_learned_from_events_is_routed_to_its_holder() {
     tok.block_hashes(&ids, &mut hashes);
     assert!(hashes.len() > 5);
     let stored = hashes.clone();
-    r.fleet
-        .handle()
-        .query(move |f| {
-            f.apply(
+    r.running
+        .fleet()
+        .apply(
+            1,
+            Envelope::new(
+                "b".into(),
                 1,
-                Envelope::new(
-                    "b".into(),
-                    1,
-                    1,
-                    0,
-                    Body::Stored {
-                        blocks: stored,
-                        parent: None,
-                    },
-                ),
-            )
-        })
+                1,
+                0,
+                Body::Stored {
+                    blocks: stored,
+                    parent: None,
+                },
+            ),
+        )
         .await
         .unwrap();
     let req = json!({"model": MODEL, "messages": messages, "stream": false});
@@ -284,8 +277,7 @@ async fn bad_input_gets_a_4xx_with_a_message_and_the_server_keeps_serving() {
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(w.as_deref(), Some("a"));
-    let slot = r.slot("a").await;
-    assert_eq!(r.inflight.load(slot).requests, 0);
+    assert_eq!(r.in_flight("a").await, 0);
     // Models and admin views.
     let models: Value = r
         .client
@@ -304,16 +296,7 @@ async fn bad_input_gets_a_4xx_with_a_message_and_the_server_keeps_serving() {
         .await
         .unwrap();
     assert_eq!(denied.status().as_u16(), 401);
-    let admin: Value = r
-        .client
-        .get(format!("{}/admin/workers", r.base))
-        .bearer_auth("tok")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin = r.admin_workers().await;
     assert_eq!(admin["workers"][0]["id"], "a");
     r.stop().await;
 }
@@ -344,16 +327,11 @@ async fn streaming_chat_passes_through_the_router() {
         assert!(text.contains(&format!("\"k\":{k}")), "{text}");
     }
     assert!(text.contains("[DONE]"));
-    let slot = r.slot("a").await;
     // The guard is released once the body finished.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while r.inflight.load(slot).requests != 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "in-flight count leaked"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    eventually("the streamed request leaves the in-flight count", || async {
+        r.in_flight("a").await == 0
+    })
+    .await;
     r.stop().await;
 }
 
@@ -413,7 +391,8 @@ async fn the_model_in_the_request_selects_its_tokenizer_and_its_workers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_needs_a_live_worker() {
-    let r = start_router(&[], PolicyKind::Approx).await;
+    let e = Engine::start(Reply::Echo).await;
+    let r = start_router(&[("a", &e)], PolicyKind::Approx).await;
     let get = |path: &'static str| {
         let (c, base) = (r.client.clone(), r.base.clone());
         async move {
@@ -425,19 +404,89 @@ async fn ready_needs_a_live_worker() {
                 .as_u16()
         }
     };
+    assert_eq!(get("/ready").await, 200);
+    r.running.fleet().deregister("a").await.unwrap();
     assert_eq!(get("/health").await, 200);
     assert_eq!(get("/ready").await, 503, "caught up but no worker");
-    let e = Engine::start(Reply::Echo).await;
-    r.fleet
-        .handle()
-        .register(WorkerInfo {
-            id: "late".into(),
-            url: e.url(),
-            model: MODEL.into(),
-            block_size: 16,
-            epoch: 1,
-        })
-        .await;
+    r.running
+        .fleet()
+        .register(routers::worker("late", &e.url(), MODEL))
+        .await
+        .unwrap();
     assert_eq!(get("/ready").await, 200);
+    r.stop().await;
+}
+
+/// One liveness record for routing and the proxy: a worker whose engine refuses connections
+/// is ejected by the failed attempt (the request fails over and succeeds), and from then on
+/// `/route` does not rank it, though it still holds the prompt's whole prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_worker_is_ejected_and_route_stops_ranking_it() {
+    let ok = Engine::start(Reply::Echo).await;
+    let dead_url = format!(
+        "http://127.0.0.1:{}",
+        cache_router_testkit::scripted_engine::closed_port()
+    );
+    let mut models = Models::new();
+    models.insert(MODEL.into(), std::sync::Arc::new(model_tokenizer()));
+    let mut config = RouterConfig::new(models);
+    config.static_workers = vec![
+        routers::worker("dead", &dead_url, MODEL),
+        routers::worker("ok", &ok.url(), MODEL),
+    ];
+    config.policy = PolicyKind::CacheAware;
+    config.speculation = None;
+    config.admin_token = Some(ADMIN.into());
+    config.ejection.failures_to_eject = 1;
+    let running = routers::spawn(config).await;
+    let r = Router {
+        base: running.url().to_owned(),
+        running,
+        client: cache_router_testkit::http_client(),
+    };
+    // The dead worker holds the prompt's prefix, so it is ranked first.
+    let prompt = long_prompt("gamma");
+    let tok = model_tokenizer();
+    let ids = tok.encode_prompt(&prompt).unwrap();
+    let mut hashes = Vec::new();
+    tok.block_hashes(&ids, &mut hashes);
+    r.running
+        .fleet()
+        .apply(
+            1,
+            Envelope::new(
+                "dead".into(),
+                1,
+                1,
+                0,
+                Body::Stored {
+                    blocks: hashes,
+                    parent: None,
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    let req = json!({"model": MODEL, "prompt": prompt});
+    let (_, _, d) = r.post("/route", &req).await;
+    assert_eq!(d["chosen"]["worker"], "dead", "{d}");
+
+    let (s, w, _) = r.post("/v1/completions", &req).await;
+    assert_eq!(s, StatusCode::OK, "failed over");
+    assert_eq!(w.as_deref(), Some("ok"));
+
+    let (_, _, d) = r.post("/route", &req).await;
+    let ranked: Vec<&str> = d["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["worker"].as_str().unwrap())
+        .collect();
+    assert_eq!(ranked, ["ok"], "the ejected worker is not ranked: {d}");
+    let admin = r.admin_workers().await;
+    let dead = &admin["workers"][0];
+    assert_eq!(dead["id"], "dead");
+    assert_eq!(dead["liveness"]["ejections"], 1, "{admin}");
+    assert!(dead["liveness"]["ejected_for_ms"].as_u64().unwrap() > 0);
     r.stop().await;
 }

@@ -1,14 +1,13 @@
-//! Tests of the real-`nats-server` fixture in `tests/common/nats.rs`: core pub/sub works on the
+//! Tests of the test kit's real-`nats-server` fixture (`tests/kit/src/nats.rs`): core pub/sub works on the
 //! URL it hands out, JetStream data survives `stop()` + `restart()` on the same port and store,
 //! clients reconnect, and dropping it kills the server and removes its store.
 
-mod common;
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectOptions, Event};
-use common::nats::NatsServer;
+use cache_router_testkit::nats::NatsServer;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::timeout;

@@ -2,8 +2,6 @@
 //! `Proxy::forward` → in-test engines (`common::engine`). Waiting is always a bounded poll of
 //! an observable condition or an awaited event, never a fixed sleep.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,15 +13,20 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use cache_router::http::inflight::InFlight;
-use cache_router::http::proxy::{Proxy, ProxyConfig, Target, WORKER_HEADER};
-use cache_router::index::WorkerIdx;
-use cache_router::policy::WorkerLoad;
-use common::engine::{closed_port, sse_event, Engine, Event, Reply, SSE_DONE};
+use cache_router::proxy::{InFlight, Proxy, ProxyConfig, Target, WORKER_HEADER};
+use cache_router::EjectionPolicy;
+use cache_router_core::backoff::Backoff;
+use cache_router_core::index::WorkerIdx;
+use cache_router_core::liveness::Liveness;
+use cache_router_core::policy::WorkerLoad;
+use cache_router_testkit::eventually;
+use cache_router_testkit::scripted_engine::{closed_port, sse_event, Engine, Event, Reply, SSE_DONE};
 
 /// Uncached prefill blocks the test router charges every request.
 const UNCACHED: u32 = 7;
 const PATIENCE: Duration = Duration::from_secs(10);
+/// Consecutive failures that eject a worker in these tests.
+const EJECT_AFTER: u32 = 3;
 const PATH: &str = "/v1/chat/completions";
 
 fn w(i: u32) -> WorkerIdx {
@@ -40,15 +43,6 @@ fn load(prefill: f64, decoding: f64, requests: u32) -> WorkerLoad {
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
-/// Polls `cond` every 10 ms for at most [`PATIENCE`].
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Waits for the engine's `StreamDropped` event, skipping the others.
@@ -86,6 +80,8 @@ struct TestRouter {
     addr: std::net::SocketAddr,
     proxy: Proxy,
     inflight: InFlight,
+    /// The failure record the proxy writes (routing reads it in the router).
+    liveness: Arc<Liveness>,
     targets: Arc<Vec<Target>>,
     task: JoinHandle<()>,
 }
@@ -98,7 +94,18 @@ impl TestRouter {
                 .map(|(i, u)| Target::new(w(i as u32), format!("engine-{i}"), u.clone()))
                 .collect(),
         );
-        let proxy = Proxy::new(cfg, 16).unwrap();
+        let liveness = Arc::new(Liveness::new(
+            16,
+            EjectionPolicy {
+                failures_to_eject: EJECT_AFTER,
+                backoff: Backoff {
+                    initial: Duration::from_secs(60),
+                    max: Duration::from_secs(600),
+                },
+            },
+            Instant::now(),
+        ));
+        let proxy = Proxy::new(cfg, liveness.clone()).unwrap();
         let inflight = InFlight::new(16);
         let state = AppState {
             proxy: proxy.clone(),
@@ -118,6 +125,7 @@ impl TestRouter {
             addr,
             proxy,
             inflight,
+            liveness,
             targets,
             task,
         }
@@ -135,6 +143,10 @@ impl TestRouter {
             .send()
             .await
             .expect("the router answers")
+    }
+
+    fn failures(&self, worker: WorkerIdx) -> u32 {
+        self.liveness.of(worker, Instant::now()).consecutive_failures
     }
 
     fn idle(&self) -> bool {
@@ -278,8 +290,8 @@ async fn streaming_passes_chunks_through_as_they_are_produced() {
         arrived[4] - arrived[0]
     );
     assert!(stream_dropped(&mut engine).await, "engine stream completed");
-    eventually("in-flight released", || router.idle()).await;
-    assert_eq!(router.proxy.health().consecutive_failures(w(0)), 0);
+    eventually("in-flight released", || async { router.idle() }).await;
+    assert_eq!(router.failures(w(0)), 0);
 }
 
 /// Non-streaming bodies come back byte for byte (non-ASCII, non-UTF-8, several MiB), the engine
@@ -328,7 +340,7 @@ async fn non_streaming_bodies_are_byte_identical() {
         assert!(seen.headers.get(header::COOKIE).is_none());
     }
     assert_eq!(engine.hits(), 3);
-    eventually("in-flight released", || router.idle()).await;
+    eventually("in-flight released", || async { router.idle() }).await;
 }
 
 /// A client reading one chunk and hanging up releases the in-flight count, and the engine's
@@ -349,13 +361,13 @@ async fn client_disconnect_mid_stream_releases_inflight_and_closes_engine_connec
     assert_eq!(router.inflight.load(w(0)), load(0.0, 1.0, 1));
     drop(resp);
 
-    eventually("in-flight released after the client left", || {
+    eventually("in-flight released after the client left", || async {
         router.inflight.load(w(0)) == WorkerLoad::default()
     })
     .await;
     assert!(!stream_dropped(&mut engine).await, "dropped before its end");
     assert_eq!(
-        router.proxy.health().consecutive_failures(w(0)),
+        router.failures(w(0)),
         0,
         "a client leaving is not the engine's fault"
     );
@@ -373,7 +385,7 @@ async fn client_gone_before_headers_releases_inflight() {
         .send();
     // The request is charged while the engine thinks.
     let watch = async {
-        eventually("request counted", || {
+        eventually("request counted", || async {
             router.inflight.load(w(0)).requests == 1
         })
         .await;
@@ -384,7 +396,7 @@ async fn client_gone_before_headers_releases_inflight() {
     };
     let (result, ()) = tokio::join!(attempt, watch);
     assert!(result.unwrap_err().is_timeout());
-    eventually("in-flight released", || router.idle()).await;
+    eventually("in-flight released", || async { router.idle() }).await;
 }
 
 /// An SSE engine dying mid-stream: the client gets the chunks sent so far, then an OpenAI error
@@ -408,8 +420,8 @@ async fn engine_killed_mid_sse_stream_ends_with_an_error_event() {
     assert_eq!(json["error"]["code"], "upstream_stream_error", "{json}");
     assert_eq!(reader.next().await.unwrap(), None, "then a clean end");
 
-    eventually("in-flight released", || router.idle()).await;
-    assert_eq!(router.proxy.health().consecutive_failures(w(0)), 1);
+    eventually("in-flight released", || async { router.idle() }).await;
+    assert_eq!(router.failures(w(0)), 1);
 }
 
 /// A non-SSE engine dying mid-body: the client's body read fails (the truncated body is not
@@ -426,7 +438,7 @@ async fn engine_killed_mid_json_body_aborts_the_client_body() {
     engine.kill();
     let end = resp.chunk().await;
     assert!(end.is_err(), "expected a body error, got {end:?}");
-    eventually("in-flight released", || router.idle()).await;
+    eventually("in-flight released", || async { router.idle() }).await;
 }
 
 /// An engine that stops sending mid-stream is cut off after `idle_timeout`.
@@ -452,7 +464,7 @@ async fn stalled_stream_hits_the_idle_timeout() {
     );
     assert_eq!(reader.next().await.unwrap(), None);
     assert!(started.elapsed() >= Duration::from_millis(300));
-    eventually("in-flight released", || router.idle()).await;
+    eventually("in-flight released", || async { router.idle() }).await;
 }
 
 /// A refused connection fails over to the next target.
@@ -467,9 +479,9 @@ async fn connection_refused_fails_over_to_the_next_target() {
     assert_eq!(resp.headers()[WORKER_HEADER], "engine-1");
     assert_eq!(resp.bytes().await.unwrap(), r#"{"x":1}"#);
     assert_eq!(engine.hits(), 1);
-    assert_eq!(router.proxy.health().consecutive_failures(w(0)), 1);
-    assert_eq!(router.proxy.health().consecutive_failures(w(1)), 0);
-    eventually("in-flight released", || router.idle()).await;
+    assert_eq!(router.failures(w(0)), 1);
+    assert_eq!(router.failures(w(1)), 0);
+    eventually("in-flight released", || async { router.idle() }).await;
 }
 
 /// A 5xx before any byte fails over; the same body reaches the second engine.
@@ -489,7 +501,7 @@ async fn server_error_before_any_byte_fails_over() {
     assert_eq!(resp.bytes().await.unwrap(), r#"{"y":2}"#);
     assert_eq!((failing.hits(), good.hits()), (1, 1));
     assert_eq!(failing.recorded()[0].body, good.recorded()[0].body);
-    eventually("in-flight released", || router.idle()).await;
+    eventually("in-flight released", || async { router.idle() }).await;
 }
 
 /// A 4xx is the engine's verdict on the request: passed through unchanged, not retried, and
@@ -507,8 +519,8 @@ async fn client_error_is_passed_through_and_not_retried() {
     assert_eq!(resp.headers()[WORKER_HEADER], "engine-0");
     assert_eq!(resp.bytes().await.unwrap(), body);
     assert_eq!((rejecting.hits(), good.hits()), (1, 0));
-    assert_eq!(router.proxy.health().consecutive_failures(w(0)), 0);
-    eventually("in-flight released", || router.idle()).await;
+    assert_eq!(router.failures(w(0)), 0);
+    eventually("in-flight released", || async { router.idle() }).await;
 }
 
 /// No headers within `first_byte_timeout` fails over; when every target times out the client
@@ -533,7 +545,7 @@ async fn slow_headers_time_out_and_fail_over() {
     assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
     let json = error_json(resp).await;
     assert_eq!(json["error"]["code"], "upstream_timeout");
-    eventually("in-flight released", || router.idle()).await;
+    eventually("in-flight released", || async { router.idle() }).await;
 }
 
 /// Every attempt failing answers 502 in OpenAI's shape, without addresses, after at most
@@ -564,7 +576,7 @@ async fn all_attempts_failing_is_a_bounded_502() {
     assert!(!message.contains("127.0.0.1"), "{message}");
     let hits: Vec<usize> = engines.iter().map(Engine::hits).collect();
     assert_eq!(hits, [1, 1, 0]);
-    eventually("in-flight released", || router.idle()).await;
+    eventually("in-flight released", || async { router.idle() }).await;
 }
 
 /// No targets at all is a 503 in OpenAI's shape.
@@ -579,42 +591,36 @@ async fn no_targets_is_a_503() {
     );
 }
 
-/// After `failures_to_down` consecutive failures a worker is down and skipped; with every
-/// target down the proxy still tries them rather than refusing.
+/// Consecutive failures eject a worker in the shared liveness record (which routing reads:
+/// the router then ranks it last, see `a_failing_worker_is_ejected_and_route_stops_ranking_it`
+/// in `http_router.rs`); the proxy itself still tries whatever targets it is given, and a
+/// success clears the record.
 #[tokio::test]
-async fn repeated_failures_mark_a_worker_down_and_it_is_skipped() {
+async fn repeated_failures_eject_a_worker_in_the_shared_record() {
     let failing = Engine::start(Reply::Status(StatusCode::INTERNAL_SERVER_ERROR, "{}")).await;
     let good = Engine::start(Reply::Echo).await;
-    let cfg = ProxyConfig {
-        failures_to_down: 3,
-        down_for: Duration::from_secs(60),
-        ..ProxyConfig::default()
-    };
-    let router = TestRouter::start(&[failing.url(), good.url()], cfg).await;
+    let router = TestRouter::start(&[failing.url(), good.url()], ProxyConfig::default()).await;
 
-    for i in 0..3 {
+    for i in 0..EJECT_AFTER {
         assert!(
-            !router.proxy.health().is_down(w(0), Instant::now()),
+            !router.liveness.is_ejected(w(0), Instant::now()),
             "round {i}"
         );
         let resp = router.post("{}").await;
-        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.status(), StatusCode::OK, "failed over to the good engine");
         assert_eq!(resp.headers()[WORKER_HEADER], "engine-1");
     }
-    assert_eq!(failing.hits(), 3);
-    assert!(router.proxy.health().is_down(w(0), Instant::now()));
-    assert!(!router.proxy.health().is_down(w(1), Instant::now()));
+    assert_eq!(failing.hits(), EJECT_AFTER as usize);
+    assert!(router.liveness.is_ejected(w(0), Instant::now()));
+    assert!(!router.liveness.is_ejected(w(1), Instant::now()));
+    assert_eq!(router.liveness.of(w(0), Instant::now()).ejections, 1);
 
-    let resp = router.post("{}").await;
-    assert_eq!(resp.headers()[WORKER_HEADER], "engine-1");
-    assert_eq!(failing.hits(), 3, "a down worker is skipped");
-
-    // Only down targets: tried anyway.
-    let only_down = [router.targets[0].clone()];
+    // Given only the ejected target, the proxy tries it rather than refusing.
+    let only_ejected = [router.targets[0].clone()];
     let result = router
         .proxy
         .forward(
-            &only_down,
+            &only_ejected,
             PATH,
             Bytes::from_static(b"{}"),
             &HeaderMap::new(),
@@ -623,10 +629,10 @@ async fn repeated_failures_mark_a_worker_down_and_it_is_skipped() {
         )
         .await;
     assert_eq!(result.unwrap_err().status(), StatusCode::BAD_GATEWAY);
-    assert_eq!(failing.hits(), 4);
+    assert_eq!(failing.hits(), EJECT_AFTER as usize + 1);
 
     // A success clears the record.
-    router.proxy.health().record_success(w(0));
-    assert!(!router.proxy.health().is_down(w(0), Instant::now()));
-    eventually("in-flight released", || router.idle()).await;
+    router.liveness.record_success(w(0));
+    assert!(!router.liveness.is_ejected(w(0), Instant::now()));
+    eventually("in-flight released", || async { router.idle() }).await;
 }

@@ -35,7 +35,6 @@
 //! The measurement of cold against warm encoding is an ignored test:
 //! `cargo test --release --test tokenize -- --ignored --nocapture`.
 
-mod common;
 
 use std::time::{Duration, Instant};
 
@@ -49,7 +48,7 @@ const TEMPLATE: &str = concat!(
 );
 
 fn deepseek() -> ModelTokenizer {
-    let dir = common::tokenizer::deepseek_dir();
+    let dir = cache_router_testkit::tokenizer::deepseek_dir();
     ModelTokenizer::from_model_dir(&dir, Some(TEMPLATE.as_ref()))
         .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
         .with_model("deepseek", 16)

@@ -23,8 +23,6 @@ pub mod app;
 pub mod engine;
 mod kv;
 pub mod metrics;
-#[cfg(test)]
-mod tests;
 
 pub use app::{router, AppState};
 pub use engine::{engine_block_hashes, Lease, MockEngine, ENGINE_HASH_SEED};

@@ -2,21 +2,17 @@
 //! nats-server, and the router's HTTP app in-process with NATS discovery and the cache-aware
 //! policy. A repeated prompt must go back to the engine that cached it, and hit its cache.
 
-mod common;
-
 use serde_json::Value;
 
-use cache_router::bus::ingest::FleetHandle;
-use cache_router::http::proxy::WORKER_HEADER;
-use cache_router::protocol::WorkerId;
-use common::nats::NatsServer;
-use common::{start_engine, start_reporter, start_router, wait_until, Engine, BS, MODEL};
+use cache_router::proxy::WORKER_HEADER;
+use cache_router::FleetHandle;
+use cache_router_core::prom_text;
+use cache_router_testkit::engines::{start_engine, start_reporter, Engine, EngineSpec, ReporterSpec};
+use cache_router_testkit::nats::NatsServer;
+use cache_router_testkit::{eventually, routers, BLOCK_SIZE as BS, MODEL};
 
 async fn registered_workers(fleet: &FleetHandle) -> usize {
-    fleet
-        .query(|f| f.workers().filter(|(_, e)| e.info.is_some()).count())
-        .await
-        .unwrap_or(0)
+    fleet.stats().await.map_or(0, |s| s.registered)
 }
 
 /// POSTs a completion through the router; returns the serving worker and the response body.
@@ -40,35 +36,44 @@ async fn complete(http: &reqwest::Client, router: &str, prompt: &str) -> (String
 /// The engine's `vllm:prefix_cache_hits_total` from its /metrics.
 async fn metric_hits(http: &reqwest::Client, engine: &Engine) -> f64 {
     let text = http
-        .get(format!("{}/metrics", engine.url))
+        .get(format!("{}/metrics", engine.url()))
         .send()
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    text.lines()
-        .find(|l| l.starts_with("vllm:prefix_cache_hits_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    prom_text::sum(&text, "vllm:prefix_cache_hits_total")
         .expect("vllm:prefix_cache_hits_total in the engine's /metrics")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_request_lands_on_the_same_engine_and_hits_its_cache() {
     let nats = NatsServer::start();
-    let (router, fleet, router_token) = start_router(&nats.url()).await;
+    let running = routers::nats_router(&nats.url()).await;
+    let (router, fleet) = (running.url().to_owned(), running.fleet().clone());
+    let spec = || EngineSpec {
+        num_blocks: 2000,
+        replay: false,
+        ..EngineSpec::default()
+    };
     let engines = [
-        ("w1", start_engine(2000, 0.0, false, None).await.0),
-        ("w2", start_engine(2000, 0.0, false, None).await.0),
+        ("w1", start_engine(spec()).await.unwrap()),
+        ("w2", start_engine(spec()).await.unwrap()),
     ];
     let _reporters: Vec<_> = engines
         .iter()
-        .map(|(id, e)| start_reporter(&nats.url(), id, &e.url, e.ports, false))
+        .map(|(id, e)| {
+            let rs = ReporterSpec {
+                replay: false,
+                ..ReporterSpec::new(id)
+            };
+            start_reporter(&nats.url(), e, &rs)
+        })
         .collect();
 
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    wait_until(
+    eventually(
         "both workers are registered and the router is ready",
         || async {
             let ready = http
@@ -106,26 +111,14 @@ async fn a_repeated_request_lands_on_the_same_engine_and_hits_its_cache() {
     };
 
     // The first request's blocks reach the router's index through ZMQ → reporter → NATS.
-    let id = WorkerId::from(first.as_str());
-    wait_until(
-        "the router's index holds the first request's blocks",
-        || {
-            let id = id.clone();
-            let fleet = fleet.clone();
-            async move {
-                let held = fleet
-                    .query(move |f| f.worker_blocks(&id).len())
-                    .await
-                    .unwrap_or(0);
-                held >= full_blocks
-            }
-        },
-    )
+    eventually("the router's index holds the first request's blocks", || async {
+        fleet.worker_blocks(&first).await.map_or(0, |b| b.len()) >= full_blocks
+    })
     .await;
 
     let stats_before: Vec<_> = engines
         .iter()
-        .map(|(_, e)| e.state.engine.stats())
+        .map(|(_, e)| e.mock.engine.stats())
         .collect();
     let metric_before = metric_hits(&http, engine(&first)).await;
 
@@ -140,7 +133,7 @@ async fn a_repeated_request_lands_on_the_same_engine_and_hits_its_cache() {
         .unwrap_or(0);
     assert!(cached > 0, "no cached tokens reported: {body}");
     for ((id, e), before) in engines.iter().zip(&stats_before) {
-        let after = e.state.engine.stats();
+        let after = e.mock.engine.stats();
         if *id == first {
             assert!(
                 after.prefix_cache_hits_tokens > before.prefix_cache_hits_tokens,
@@ -160,9 +153,4 @@ async fn a_repeated_request_lands_on_the_same_engine_and_hits_its_cache() {
         metric_after > metric_before,
         "vllm:prefix_cache_hits_total did not go up ({metric_before} -> {metric_after})"
     );
-
-    router_token.cancel();
-    for (_, e) in &engines {
-        e.token.cancel();
-    }
 }

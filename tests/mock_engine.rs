@@ -1,4 +1,5 @@
-//! End-to-end tests over real HTTP on 127.0.0.1 with the real tokenizer fixture.
+//! The mock engine (`cache-router mock-worker`) end to end over real HTTP on 127.0.0.1 with
+//! the real tokenizer fixture: vLLM's API, metrics and KV events.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,15 +8,12 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio_util::sync::CancellationToken;
 
-use super::*;
+use cache_router::mock::{engine_block_hashes, router, AppState, MockEngine, MockWorkerArgs};
 use cache_router_core::kv_events::{EngineHash, KvEvent, KvEventBatch};
-
-#[allow(dead_code)]
-#[path = "../../tests/common/tokenizer.rs"]
-mod tokenizer;
+use cache_router_core::prom_text;
 
 fn tokenizer_dir() -> PathBuf {
-    tokenizer::deepseek_dir()
+    cache_router_testkit::tokenizer::deepseek_dir()
 }
 
 struct Mock {
@@ -61,7 +59,13 @@ async fn start(num_blocks: usize) -> Mock {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
-    tokio::spawn(serve(Arc::clone(&state), listener, shutdown.clone()));
+    let app = router(Arc::clone(&state));
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
     Mock {
         base,
         state,
@@ -94,11 +98,7 @@ impl Mock {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .find(|l| l.starts_with(&format!("{name}{{")))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+        prom_text::sum(&text, name).unwrap_or_else(|| panic!("{name} missing in\n{text}"))
     }
 
     fn drain(&mut self) -> Vec<KvEvent> {
