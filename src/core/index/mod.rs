@@ -491,23 +491,6 @@ impl Index {
         }
     }
 
-    /// Does `w` hold block `b`?
-    pub fn holds(&self, w: WorkerIdx, b: BlockHash) -> bool {
-        slot_holds(&self.blocks, &self.spill, b.0, w.get() as u16)
-    }
-
-    /// Workers holding `b`.
-    pub fn holders_of(&self, b: BlockHash) -> Vec<WorkerIdx> {
-        let mut v = Vec::new();
-        if let Some(r) = self.blocks.get(&b.0) {
-            r.holders.for_each(&self.spill, |h| {
-                v.push(WorkerIdx::new(h.worker.into()).unwrap())
-            });
-        }
-        v.sort_unstable();
-        v
-    }
-
     /// Resident blocks of `w`.
     pub fn worker_blocks(&self, w: WorkerIdx) -> usize {
         self.worker(w).map_or(0, |ws| ws.blocks.live())
