@@ -21,6 +21,7 @@ use zeromq::{
     DealerSocket, PubSocket, RouterSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage,
 };
 
+use cache_router_core::backoff::Backoff;
 use cache_router_core::kv_events::frames::{self, END_OF_REPLAY};
 use cache_router_core::kv_events::{encode_batch, KvEventBatch, Layout};
 
@@ -244,13 +245,18 @@ impl EnginePublisher {
 }
 
 async fn serve_replay(mut router: RouterSocket, buffer: ReplayBuffer, topic: Vec<u8>) {
+    let mut failures = 0u32;
     loop {
         let msg = match router.recv().await {
-            Ok(m) => m,
+            Ok(m) => {
+                failures = 0;
+                m
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "replay socket receive failed");
                 // Do not spin on a socket that keeps failing.
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                failures = failures.saturating_add(1);
+                tokio::time::sleep(Backoff::NETWORK.delay(failures)).await;
                 continue;
             }
         };

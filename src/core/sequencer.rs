@@ -153,15 +153,11 @@ impl Sequencer {
         let Some(last) = self.last else {
             return 0..0;
         };
-        let mut next = last + 1;
-        let mut end = 0;
-        for (i, s) in got.iter().enumerate() {
-            if *s != next {
-                break;
-            }
-            next += 1;
-            end = i + 1;
-        }
+        let end = got
+            .iter()
+            .zip(last + 1..)
+            .take_while(|(s, want)| **s == *want)
+            .count();
         0..end
     }
 }

@@ -17,6 +17,7 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use super::DemoError;
+use cache_router_core::backoff::Backoff;
 
 /// One running child.
 #[derive(Debug)]
@@ -161,8 +162,14 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     let deadline = Instant::now() + timeout;
-    let mut delay = Duration::from_millis(5);
+    // Polls quickly at first, then every 100 ms.
+    let polls = Backoff {
+        initial: Duration::from_millis(5),
+        max: Duration::from_millis(100),
+    };
+    let mut attempt = 0u32;
     loop {
+        attempt = attempt.saturating_add(1);
         if ready().await {
             return Ok(());
         }
@@ -180,10 +187,9 @@ where
             });
         }
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {},
+            _ = tokio::time::sleep(polls.delay(attempt)) => {},
             _ = cancel.cancelled() => return Err(DemoError::Cancelled),
         }
-        delay = (delay * 2).min(Duration::from_millis(100));
     }
 }
 

@@ -193,7 +193,6 @@ fn get_ts(v: &Value) -> Result<f64, DecodeError> {
 }
 
 /// Decodes one payload frame into a batch.
-
 ///
 /// Accepts every layout seen in the wild: `[ts, events]` (vLLM 0.9),
 /// `[ts, events, dp_rank]` (later; extra trailing elements ignored), and a map batch with
