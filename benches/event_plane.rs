@@ -2,10 +2,10 @@
 //! (`cargo bench --bench event_plane`). No criterion: each phase is one bounded run whose
 //! figures are printed (`[ingest]`, `[recovery]` lines).
 //!
-//! - **ingest**: one router (`ingest::start`) and 100 publishers (`w000`..`w099`, one
-//!   [`Publisher`] each) publishing at full speed: Stored chains of 16 blocks (a new root chain
-//!   or the extension of a held chain) and, once a worker holds 512 blocks, Removed of 16 leaves,
-//!   so the index stays bounded. Each worker publishes serially (every publish awaits its
+//! - **ingest**: one router (the library's `Router::spawn` on NATS) and 100 publishers
+//!   (`w000`..`w099`, one [`Publisher`] each) publishing at full speed: Stored chains of 16
+//!   blocks (a new root chain or the extension of a held chain) and, once a worker holds 512
+//!   blocks, Removed of 16 leaves, so the index stays bounded. Each worker publishes serially (every publish awaits its
 //!   JetStream ack, as a reporter does) and all 100 workers publish concurrently. The 100
 //!   publishers share one NATS connection (`CACHE_ROUTER_BENCH_CLIENTS=N` for N, round-robin):
 //!   on 2 cores shared by nats-server, the router and the publishers, that leaves the most CPU
@@ -20,14 +20,14 @@
 //! - **recovery**: ~1 M resident blocks (100 workers, Stored chains of 64 blocks) applied by
 //!   router A, which is shut down (writing its final snapshot to the object store); then a
 //!   10 k-message tail (Stored/Removed of 16 blocks) is published while no router runs, and
-//!   router B is started on a fresh client: the time from calling `ingest::start` to
-//!   `wait_ready()` is the recovery time (target: <= 1 s). B's index is checked against the
-//!   ground truth. The breakdown times, on the same snapshot, the first connection of a fresh
-//!   client (`bus::connect` returns at once with `retry_on_initial_connect`; the connection is
-//!   made in the background after the reconnect delay for attempt 1, so the first request
-//!   waits for it), the infrastructure look-up, fetching the object, decoding it and
-//!   `Fleet::restore`; the rest of the recovery time is the tail replay (plus the stream-info
-//!   call and task start-up).
+//!   router B is started (`Router::spawn`, which makes its own NATS connection): the time from
+//!   calling it to `wait_ready()` is the recovery time (target: <= 1 s). B's index is checked
+//!   against the ground truth. A's snapshot is read back from the object store: it must cover
+//!   every message A applied. The breakdown times, on the same snapshot, the first connection
+//!   of a fresh client (`connect` returns at once with `retry_on_initial_connect`; the
+//!   connection is made in the background, so the first request waits for it), the
+//!   infrastructure look-up, fetching the object, decoding it and `Fleet::restore`; the rest of
+//!   the recovery time is the tail replay (plus the stream-info call and task start-up).
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument), with `--test`, or with
 //! `CACHE_ROUTER_BENCH_SMALL=1`, every size is shrunk (5 publishers, 2 k block events, 10 k
@@ -35,30 +35,32 @@
 //! Every server binds 127.0.0.1 on a port it picks; every loop is bounded in count and time.
 
 mod common;
+#[path = "common/event_chains.rs"]
+mod event_chains;
 
-#[allow(dead_code)]
-#[path = "../tests/common/nats.rs"]
-mod nats;
-
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::Client;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use cache_router::bus::ingest::{self, EventPlane, FleetHandle, IngestConfig};
-use cache_router::bus::publisher::Publisher;
-use cache_router::bus::{self, snapshot, NatsArgs, StreamArgs, Subjects};
-use cache_router::fleet::{Fleet, FleetConfig, Snapshot};
-use cache_router::protocol::{BlockHash, Body, WorkerId};
-use nats::NatsServer;
+use cache_router::tokenize::{Models, PromptTokenizer};
+use cache_router::{FleetHandle, NatsConfig, Router, RouterConfig, RunningRouter};
+use cache_router_bus::publisher::Publisher;
+use cache_router_bus::snapshot_store::{self, SNAPSHOT_OBJECT};
+use cache_router_bus::{Infra, NatsArgs, StreamArgs, Subjects};
+use cache_router_core::fleet::{Fleet, FleetConfig, Snapshot};
+use cache_router_core::protocol::{BlockHash, Body, WorkerId};
+use cache_router_testkit::nats::NatsServer;
+use cache_router_testkit::{http_client, small_mode};
+use common::{ms, router_metric, within};
+use event_chains::Chains;
 
 /// One in this many publishes per worker is followed to the router (publish→applied latency).
 const PROBE_EVERY: usize = 8;
-/// Grace for the event plane's tasks on shutdown.
+/// Grace for the router's drain on shutdown (HTTP, then the event plane's tasks).
 const GRACE: Duration = Duration::from_secs(10);
 /// Timeout of one publish ack.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,7 +99,7 @@ struct Plan {
 
 impl Plan {
     fn from_env() -> Plan {
-        let small = common::small_mode();
+        let small = small_mode();
         let clients = env_usize("CACHE_ROUTER_BENCH_CLIENTS");
         if small {
             Plan {
@@ -136,63 +138,6 @@ impl Plan {
     }
 }
 
-/// A worker's cache as chains (paths from a root): Stored appends a chain (a new root or an
-/// extension of a held chain's leaf); Removed takes leaves off a chain's end, so every held
-/// block's parent stays held.
-#[derive(Debug)]
-struct Chains {
-    rng: StdRng,
-    chains: Vec<Vec<u64>>,
-    held: usize,
-    /// Blocks per event.
-    len: usize,
-    /// Past this many held blocks, the next event is a Removed.
-    cap: usize,
-}
-
-impl Chains {
-    fn new(seed: u64) -> Chains {
-        Chains {
-            rng: StdRng::seed_from_u64(seed),
-            chains: Vec::new(),
-            held: 0,
-            len: 16,
-            cap: usize::MAX,
-        }
-    }
-
-    fn next_event(&mut self) -> Body {
-        if self.held + self.len > self.cap && !self.chains.is_empty() {
-            let i = self.rng.random_range(0..self.chains.len());
-            let chain = &mut self.chains[i];
-            let k = self.len.min(chain.len());
-            let blocks: Vec<BlockHash> =
-                (0..k).filter_map(|_| chain.pop()).map(BlockHash).collect();
-            if chain.is_empty() {
-                self.chains.swap_remove(i);
-            }
-            self.held -= blocks.len();
-            return Body::Removed { blocks };
-        }
-        let new: Vec<u64> = (0..self.len).map(|_| self.rng.random()).collect();
-        let blocks = new.iter().copied().map(BlockHash).collect();
-        self.held += new.len();
-        if !self.chains.is_empty() && self.rng.random_bool(0.5) {
-            let i = self.rng.random_range(0..self.chains.len());
-            let chain = &mut self.chains[i];
-            let parent = chain.last().copied().map(BlockHash);
-            chain.extend(new);
-            Body::Stored { blocks, parent }
-        } else {
-            self.chains.push(new);
-            Body::Stored {
-                blocks,
-                parent: None,
-            }
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Worker {
     id: WorkerId,
@@ -201,7 +146,7 @@ struct Worker {
 }
 
 async fn connect(url: &str, name: &str) -> Client {
-    bus::connect(&NatsArgs::for_url(url), name)
+    cache_router_bus::connect(&NatsArgs::for_url(url), name)
         .await
         .unwrap_or_else(|e| panic!("connect {name} to {url}: {e}"))
 }
@@ -212,9 +157,7 @@ async fn make_workers(url: &str, n: usize, clients: usize, seed: u64) -> Vec<Wor
     for i in 0..clients.min(n).max(1) {
         conns.push(connect(url, &format!("bench-publishers-{i}")).await);
     }
-    bus::ensure_infra(&conns[0], &Subjects::new("kvr"), &StreamArgs::default())
-        .await
-        .expect("create the event stream");
+    infra(&conns[0]).await;
     (0..n)
         .map(|i| {
             let id = WorkerId(format!("w{i:03}"));
@@ -303,7 +246,7 @@ async fn publish_all(
                     if let Some(h) = probe.as_ref().filter(|_| i % PROBE_EVERY == 0) {
                         let h = h.clone();
                         probes.push(tokio::spawn(async move {
-                            h.wait_applied(seq).await;
+                            h.wait_applied(seq).await.expect("router running");
                             t.elapsed().as_micros() as u64
                         }));
                     }
@@ -361,37 +304,60 @@ fn rate(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+/// The router's model table needs an entry; this bench never sends it a prompt.
+#[derive(Debug)]
+struct NoPrompts;
+
+impl PromptTokenizer for NoPrompts {
+    fn encode_prompt(&self, _: &str) -> Result<Vec<u32>, String> {
+        Err("the event_plane bench sends no prompts".into())
+    }
+
+    fn encode_chat(&self, _: &[Value]) -> Result<Vec<u32>, String> {
+        Err("the event_plane bench sends no prompts".into())
+    }
+
+    fn block_hashes(&self, _: &[u32], _: &mut Vec<BlockHash>) {}
 }
 
-async fn start_router(url: &str, name: &str) -> (EventPlane, CancellationToken) {
-    let client = connect(url, name).await;
-    let token = CancellationToken::new();
-    let plane = ingest::start(
-        client,
-        IngestConfig::new(NatsArgs::for_url(url)),
-        token.clone(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("start router {name}: {e}"));
-    (plane, token)
+/// A router as `cache-router serve --nats URL` wires it with its defaults (snapshot every
+/// 100 k messages or 30 s, unbounded index here as in the fleet's own default).
+fn router_config(url: &str) -> RouterConfig {
+    let mut models = Models::new();
+    models.insert(
+        "bench".into(),
+        Arc::new(NoPrompts) as Arc<dyn PromptTokenizer>,
+    );
+    let mut config = RouterConfig::new(models);
+    config.nats = Some(NatsConfig::new(url));
+    config.max_index_entries = None;
+    config.shutdown_grace = GRACE;
+    config
 }
 
-async fn within<T>(limit: Duration, what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(limit, f)
+async fn bind() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .unwrap_or_else(|_| panic!("{what}: not done within {limit:?}"))
+        .expect("bind a router")
+}
+
+async fn start_router(url: &str, name: &str) -> RunningRouter {
+    Router::spawn(router_config(url), bind().await)
+        .await
+        .unwrap_or_else(|e| panic!("start router {name}: {e}"))
+}
+
+/// The fleet's JetStream objects (created if missing), as the routers and reporters see them.
+async fn infra(client: &Client) -> Infra {
+    cache_router_bus::ensure_infra(client, &Subjects::new("kvr"), &StreamArgs::default())
+        .await
+        .expect("the NATS infrastructure")
 }
 
 /// The router's view of `w` equals the publisher's mirror; returns the worker's block count.
 async fn check_worker(h: &FleetHandle, w: &Worker) -> usize {
     let truth = w.publisher.ground_truth().await.2.sorted_blocks();
-    let id = w.id.clone();
-    let view = h
-        .query(move |f| f.worker_blocks(&id))
-        .await
-        .expect("router running");
+    let view = h.worker_blocks(&w.id.0).await.expect("router running");
     assert_eq!(
         view.len(),
         truth.len(),
@@ -425,16 +391,13 @@ async fn check_router(h: &FleetHandle, workers: &[Worker], checks: usize) -> usi
         check_worker(h, w).await;
         checked += 1;
     }
-    let entries = h
-        .query(|f| f.index().stats().entries)
-        .await
-        .expect("router running");
+    let stats = h.stats().await.expect("router running");
     let truth = truth_total(workers).await;
-    assert_eq!(entries, truth, "index entries vs ground truth total");
-    let c = h
-        .query(|f| f.counters().clone())
-        .await
-        .expect("router running");
+    assert_eq!(
+        stats.index.entries, truth,
+        "index entries vs ground truth total"
+    );
+    let c = stats.counters;
     assert_eq!(c.resyncs_total(), 0, "no resync expected: {c:?}");
     assert_eq!(c.duplicates, 0, "{c:?}");
     assert_eq!(c.no_slot, 0, "{c:?}");
@@ -445,9 +408,11 @@ async fn ingest_phase(plan: Plan) {
     let deadline = Instant::now() + plan.phase_limit;
     let server = NatsServer::start();
     let url = server.url();
-    let (plane, _token) = start_router(&url, "bench-router").await;
-    let h = plane.handle();
-    within(plan.phase_limit, "empty router ready", h.wait_ready()).await;
+    let router = start_router(&url, "bench-router").await;
+    let h = router.fleet().clone();
+    within(plan.phase_limit, "empty router ready", h.wait_ready())
+        .await
+        .expect("router running");
 
     let mut workers = make_workers(&url, plan.ingest_workers, plan.clients, 1).await;
     for w in &mut workers {
@@ -474,16 +439,11 @@ async fn ingest_phase(plan: Plan) {
         "router applies the last event",
         h.wait_applied(run.last_stream_seq),
     )
-    .await;
+    .await
+    .expect("router running");
     let e2e = t0.elapsed();
-    let c = h
-        .query(|f| f.counters().clone())
-        .await
-        .expect("router running");
-    let stats = h
-        .query(|f| f.index().stats())
-        .await
-        .expect("router running");
+    let fleet = h.stats().await.expect("router running");
+    let (c, stats) = (fleet.counters, fleet.index);
     assert_eq!(c.applied, run.msgs, "messages applied vs published: {c:?}");
     assert_eq!(c.block_events, run.block_events, "block events: {c:?}");
     if run.cut_short {
@@ -522,7 +482,9 @@ async fn ingest_phase(plan: Plan) {
          entries {} = ground truth total, distinct blocks {}, no resync or duplicate",
         stats.entries, stats.distinct_blocks
     );
-    within(plan.phase_limit, "router shutdown", plane.shutdown(GRACE)).await;
+    within(plan.phase_limit, "router shutdown", router.stop())
+        .await
+        .expect("the router stops");
     drop(server);
 }
 
@@ -558,8 +520,8 @@ async fn recovery_phase(plan: Plan) {
     }
 
     // Router A applies the resident set, then stops, writing its final snapshot.
-    let (plane_a, _ta) = start_router(&url, "bench-router-a").await;
-    let ha = plane_a.handle();
+    let router_a = start_router(&url, "bench-router-a").await;
+    let ha = router_a.fleet().clone();
     let (mut workers, build) = publish_all(workers, per_worker, None, deadline).await;
     assert!(
         !build.cut_short,
@@ -570,7 +532,8 @@ async fn recovery_phase(plan: Plan) {
         "router A applies the resident set",
         ha.wait_applied(build.last_stream_seq),
     )
-    .await;
+    .await
+    .expect("router running");
     let built = build.t0.expect("started").elapsed();
     let checked_a = check_router(&ha, &workers, plan.check_workers).await;
     let resident_total = truth_total(&workers).await;
@@ -586,24 +549,37 @@ async fn recovery_phase(plan: Plan) {
         rate(build.msgs, build.publish_elapsed),
         checked_a
     );
+    // A's counters live on its /metrics, gone once it stops: the periodic snapshots are read
+    // before, the final one is read back from the object store after.
+    let http = http_client();
+    let periodic = router_metric(
+        &http,
+        router_a.url(),
+        "cache_router_snapshots_written_total",
+    );
+    let periodic = periodic.await as u64;
+    let applied_a = ha.applied_stream_seq();
     let t = Instant::now();
-    within(
-        plan.phase_limit,
-        "router A shutdown",
-        plane_a.shutdown(GRACE),
-    )
-    .await;
-    let ma = ha.metrics().snapshot();
-    assert!(ma.snapshots_written >= 1, "no snapshot written: {ma:?}");
-    assert!(ma.snapshot_bytes > 0, "{ma:?}");
+    within(plan.phase_limit, "router A shutdown", router_a.stop())
+        .await
+        .expect("router A stops");
+    let shutdown_a = t.elapsed();
+    let (snapshot_bytes, final_seq) = stored_snapshot(&url).await;
+    assert_eq!(
+        final_seq, applied_a,
+        "A's final snapshot covers every message it applied"
+    );
+    assert!(snapshot_bytes > 0, "an empty snapshot object");
+    // The periodic ones, plus the final one written on stop and found above.
+    let snapshots_written = periodic + 1;
     println!(
         "[recovery] router A shut down in {:.0} ms: snapshots_written {}, final snapshot {} \
          bytes ({:.1} MB, {:.1} bytes per resident block)",
-        ms(t.elapsed()),
-        ma.snapshots_written,
-        ma.snapshot_bytes,
-        ma.snapshot_bytes as f64 / 1e6,
-        ma.snapshot_bytes as f64 / resident_total.max(1) as f64
+        ms(shutdown_a),
+        snapshots_written,
+        snapshot_bytes,
+        snapshot_bytes as f64 / 1e6,
+        snapshot_bytes as f64 / resident_total.max(1) as f64
     );
 
     // The tail, published while no router runs.
@@ -624,26 +600,30 @@ async fn recovery_phase(plan: Plan) {
         ms(tail.publish_elapsed)
     );
 
-    // Router B: a fresh client, then start → ready.
+    // Router B: start (its own fresh NATS client included) → ready. What the connect call of
+    // a fresh client costs alone is timed just before, on a client dropped at once.
     let t = Instant::now();
-    let client = connect(&url, "bench-router-b").await;
+    drop(connect(&url, "bench-connect-call").await);
     let connect_time = t.elapsed();
-    let token = CancellationToken::new();
+    let (config, listener) = (router_config(&url), bind().await);
     let t = Instant::now();
-    let plane_b = ingest::start(
-        client,
-        IngestConfig::new(NatsArgs::for_url(&url)),
-        token.clone(),
-    )
-    .await
-    .expect("start router B");
+    let router_b = Router::spawn(config, listener)
+        .await
+        .expect("start router B");
     let start_returned = t.elapsed();
-    let hb = plane_b.handle();
-    within(plan.phase_limit, "router B ready", hb.wait_ready()).await;
+    let hb = router_b.fleet().clone();
+    within(plan.phase_limit, "router B ready", hb.wait_ready())
+        .await
+        .expect("router running");
     let ready = t.elapsed();
-    let mb = hb.metrics().snapshot();
+    let mb = router_b.counters().clone();
     assert!(hb.applied_stream_seq() >= tail.last_stream_seq);
-    assert_eq!(mb.replayed, tail.msgs, "only the tail is replayed: {mb:?}");
+    assert_eq!(
+        mb.replayed(),
+        tail.msgs,
+        "only the tail is replayed (recovery_ms {})",
+        mb.recovery_ms()
+    );
     let checked = check_router(&hb, &workers, plan.check_workers).await;
     let verdict = if ready <= Duration::from_secs(1) {
         "within"
@@ -651,14 +631,14 @@ async fn recovery_phase(plan: Plan) {
         "OVER"
     };
     println!(
-        "[recovery] router B: start → ready {:.0} ms ({verdict} the 1 s target; ingest::start \
-         returned after {:.0} ms; connect before it {:.1} ms); metrics: recovery_ms {}, \
-         replayed {}",
+        "[recovery] router B: start → ready {:.0} ms ({verdict} the 1 s target; Router::spawn \
+         returned after {:.0} ms; a fresh client's connect call {:.1} ms); metrics: \
+         recovery_ms {}, replayed {}",
         ms(ready),
         ms(start_returned),
         ms(connect_time),
-        mb.recovery_ms,
-        mb.replayed
+        mb.recovery_ms(),
+        mb.replayed()
     );
     println!(
         "[recovery] correct: B's index entries = ground truth total ({resident_total}); \
@@ -673,17 +653,11 @@ async fn recovery_phase(plan: Plan) {
     .await;
     let client = connect(&url, "bench-breakdown").await;
     client.flush().await.expect("first flush");
-    let subjects = Subjects::new("kvr");
-    let limits = StreamArgs::default();
-    let (t_infra, infra) = median_of(BREAKDOWN_REPS, || {
-        bus::ensure_infra(&client, &subjects, &limits)
-    })
-    .await;
-    let infra = infra.expect("infrastructure");
+    let (t_infra, infra) = median_of(BREAKDOWN_REPS, || infra(&client)).await;
     let (t_fetch, bytes) = median_of(BREAKDOWN_REPS, || async {
         let mut obj = infra
             .snapshots
-            .get(snapshot::SNAPSHOT_OBJECT)
+            .get(SNAPSHOT_OBJECT)
             .await
             .expect("snapshot object");
         let mut bytes = Vec::new();
@@ -691,13 +665,13 @@ async fn recovery_phase(plan: Plan) {
         bytes
     })
     .await;
-    assert_eq!(bytes.len() as u64, ma.snapshot_bytes, "B read A's snapshot");
+    assert_eq!(bytes.len(), snapshot_bytes, "B read A's snapshot");
     let (t_decode, snap) = median_of(BREAKDOWN_REPS, || async {
         Snapshot::decode(&bytes).expect("decode")
     })
     .await;
     let (t_load, _) = median_of(BREAKDOWN_REPS, || async {
-        snapshot::load(&infra.snapshots).await.expect("load")
+        snapshot_store::load(&infra.snapshots).await.expect("load")
     })
     .await;
     let mut restore_times = Vec::new();
@@ -716,7 +690,7 @@ async fn recovery_phase(plan: Plan) {
     let rest = ready.saturating_sub(accounted);
     println!(
         "[recovery] breakdown (median of {BREAKDOWN_REPS}): first connection of a fresh client \
-         (bus::connect → first flush) {:.1} ms + ensure_infra {:.1} ms + snapshot::load {:.1} ms \
+         (connect → first flush) {:.1} ms + ensure_infra {:.1} ms + snapshot_store::load {:.1} ms \
          (fetch {:.1} ms of {:.1} MB + decode {:.1} ms) + Fleet::restore {:.1} ms = {:.1} ms; \
          the remaining {:.1} ms of start → ready is the replay of {} tail messages (+ stream \
          info, task start-up): ~{:.0} msgs/s",
@@ -729,17 +703,30 @@ async fn recovery_phase(plan: Plan) {
         ms(t_restore),
         ms(accounted),
         ms(rest),
-        mb.replayed,
-        rate(mb.replayed, rest)
+        mb.replayed(),
+        rate(mb.replayed(), rest)
     );
     drop(snap);
-    within(
-        plan.phase_limit,
-        "router B shutdown",
-        plane_b.shutdown(GRACE),
-    )
-    .await;
+    within(plan.phase_limit, "router B shutdown", router_b.stop())
+        .await
+        .expect("router B stops");
     drop(server);
+}
+
+/// The size of the snapshot object in the store and the stream sequence it covers, read on a
+/// client of its own (closed before returning).
+async fn stored_snapshot(url: &str) -> (usize, u64) {
+    let client = connect(url, "bench-snapshot-check").await;
+    let store = infra(&client).await.snapshots;
+    let info = store
+        .info(SNAPSHOT_OBJECT)
+        .await
+        .expect("a snapshot object");
+    let snap = snapshot_store::load(&store)
+        .await
+        .expect("read the snapshot");
+    let snap = snap.expect("a snapshot was written");
+    (info.size, snap.stream_seq)
 }
 
 fn snap_entries(s: &Snapshot) -> usize {
@@ -753,7 +740,7 @@ fn main() {
                 // The connection-state lines of clients outliving their server are noise here.
                 .unwrap_or_else(|_| {
                     tracing_subscriber::EnvFilter::new(
-                        "warn,cache_router::bus=error,cache_router::bus::ingest=warn",
+                        "warn,cache_router_bus=error,cache_router::plane=warn",
                     )
                 }),
         )

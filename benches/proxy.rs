@@ -8,29 +8,18 @@
 //! Full runs also draw `docs/img/proxy.png` (throughput and latency CDFs); small runs (under
 //! `cargo test`) draw it under `target/`.
 
-mod common;
-
 #[path = "common/proxy_plot.rs"]
 mod proxy_plot;
 
-#[path = "../tests/common/tokenizer.rs"]
-mod tokenizer_fixture;
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::routing::post;
-use tokio_util::sync::CancellationToken;
 
-use cache_router::fleet::FleetConfig;
-use cache_router::http::{self, inflight::InFlight, routes};
-use cache_router::owner;
-use cache_router::policy::{PolicyConfig, PolicyKind};
-use cache_router::protocol::WorkerInfo;
-use cache_router::routing::{LoadSource, RoutingSetup};
-use cache_router::tokenize::ModelTokenizer;
+use cache_router::{RouterConfig, RunningRouter};
+use cache_router_core::policy::{PolicyConfig, PolicyKind};
+use cache_router_testkit::{eventually, routers, small_mode, tokenizer};
 
 const REPLY: &str = r#"{"id":"cmpl-1","object":"text_completion","created":0,"model":"m","choices":[{"index":0,"text":" hello world","finish_reason":"length"}],"usage":{"prompt_tokens":12,"completion_tokens":2,"total_tokens":14}}"#;
 const BODY: &str =
@@ -47,37 +36,17 @@ async fn engine() -> String {
     format!("http://{addr}")
 }
 
-async fn router(engine_url: &str) -> (String, CancellationToken) {
-    let dir = tokenizer_fixture::deepseek_dir();
-    let tok = ModelTokenizer::from_model_dir(&dir, None)
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", dir.display()))
-        .with_model("m", 16);
-    let inflight = InFlight::new(16);
-    let loads: Arc<dyn LoadSource> = Arc::new(inflight.clone());
-    let routing = RoutingSetup {
-        policy: PolicyKind::CacheAware,
-        config: PolicyConfig::default(),
-        speculation: None,
-    };
-    let worker = WorkerInfo {
-        id: "engine".into(),
-        url: engine_url.into(),
-        model: "m".into(),
-        block_size: 16,
-        epoch: 1,
-    };
-    let fleet = owner::spawn_static(FleetConfig::default(), routing.build(), loads, vec![worker])
-        .await
-        .unwrap();
-    let mut models = routes::Models::new();
-    models.insert("m".into(), Arc::new(tok));
-    let state = http::AppState::new(fleet.handle(), models, inflight);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    let token = CancellationToken::new();
-    tokio::spawn(http::serve(l, http::app(state), token.clone()));
-    std::mem::forget(fleet); // lives for the whole bench
-    (url, token)
+/// cache-router in front of the engine: the library router on one static worker, cache-aware,
+/// speculation off, the real tokenizer for model "m". Dropping the handle stops it.
+async fn router(engine_url: &str) -> RunningRouter {
+    let mut config = RouterConfig::new(tokenizer::models("m", 16));
+    config.static_workers = vec![routers::worker("engine", engine_url, "m")];
+    config.policy = PolicyKind::CacheAware;
+    config.policy_config = PolicyConfig::default();
+    config.speculation = None;
+    config.max_workers = 16;
+    config.max_index_entries = None;
+    routers::spawn(config).await
 }
 
 struct Nginx {
@@ -130,18 +99,21 @@ async fn nginx(engine_url: &str) -> Option<(String, Nginx)> {
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
-    let guard = Nginx { child, dir };
-    // Ready when it accepts connections (bounded).
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Some((format!("http://127.0.0.1:{port}"), guard));
+    let mut guard = Nginx { child, dir };
+    // Ready when it accepts connections; an nginx that exits instead (a bad configuration, the
+    // port taken) is skipped like a missing one.
+    let mut exited = false;
+    eventually("nginx accepts connections or exits", || {
+        exited |= matches!(guard.child.try_wait(), Ok(Some(_)));
+        let done = exited;
+        async move {
+            done || tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    None
+    })
+    .await;
+    (!exited).then(|| (format!("http://127.0.0.1:{port}"), guard))
 }
 
 struct Run {
@@ -210,7 +182,7 @@ async fn load(url: &str, total: usize, concurrency: usize) -> Run {
 }
 
 fn main() {
-    let small = common::small_mode();
+    let small = small_mode();
     let (total, conc) = if small { (400, 8) } else { (40_000, 32) };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -219,7 +191,8 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let e = engine().await;
-        let (r, _token) = router(&e).await;
+        let router = router(&e).await;
+        let r = router.url().to_owned();
         let ng = nginx(&e).await;
         println!("proxy bench: {total} requests, {conc} concurrent connections, 2 cores shared by client and servers");
         let mut rows = vec![("direct", load(&e, total, conc).await), ("cache-router", load(&r, total, conc).await)];
@@ -258,5 +231,6 @@ fn main() {
             Ok(()) => println!("plot written to {}", path.display()),
             Err(e) => println!("WARNING: no plot: {e}"),
         }
+        router.stop().await.expect("the router stops");
     });
 }

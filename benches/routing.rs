@@ -2,14 +2,11 @@
 //! with 100 and 1,000 workers, for cold prompts (never seen) and warm chat turns (the history
 //! was seen in the previous turn). Prints its figures; `cargo bench --bench routing`.
 //!
-//! Uses the real DeepSeek tokenizer (fetched by scripts/setup.sh into target/fixtures) and the
-//! router's own owner thread, so "look-up" and "score" are measured where they run, and
-//! "route" is the whole round trip through the fleet handle.
-
-mod common;
-
-#[path = "../tests/common/tokenizer.rs"]
-mod tokenizer_fixture;
+//! Uses the real DeepSeek tokenizer (fetched by scripts/setup.sh into target/fixtures) and a
+//! router started by the library on static workers (the test kit's `routers::spawn`), so
+//! "look-up" and "score" are measured where they run, on the fleet actor's thread, and "route"
+//! is the whole round trip through the fleet handle. No request goes through HTTP, so the
+//! router's own load term stays zero for every worker, as the bench intends.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,12 +14,12 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use cache_router::fleet::FleetConfig;
-use cache_router::owner;
-use cache_router::policy::{PolicyConfig, PolicyKind};
-use cache_router::protocol::{Body, Envelope, WorkerInfo};
-use cache_router::routing::{NoLoad, RouteRequest, RoutingSetup};
-use cache_router::tokenize::{ChatMessage, ModelTokenizer};
+use cache_router::tokenize::{ChatMessage, ModelTokenizer, PromptTokenizer};
+use cache_router::{FleetHandle, RouterConfig};
+use cache_router_core::policy::{PolicyConfig, PolicyKind};
+use cache_router_core::protocol::{BlockHash, Body, Envelope, WorkerId, WorkerInfo};
+use cache_router_core::routing::RouteRequest;
+use cache_router_testkit::{routers, small_mode, tokenizer};
 
 /// DeepSeek-V3-style template: BOS, system text, `<｜User｜>`/`<｜Assistant｜>` turns, each
 /// assistant turn closed by EOS (a special token, so the piece cache splits there).
@@ -104,8 +101,8 @@ fn conversation(rng: &mut StdRng, turns: usize) -> Vec<ChatMessage> {
     v
 }
 
-fn tokenizer() -> ModelTokenizer {
-    let dir = tokenizer_fixture::deepseek_dir();
+fn bench_tokenizer() -> ModelTokenizer {
+    let dir = tokenizer::deepseek_dir();
     let template =
         std::env::temp_dir().join(format!("cr-bench-template-{}.jinja", std::process::id()));
     std::fs::write(&template, DEEPSEEK).unwrap();
@@ -146,7 +143,7 @@ struct Samples {
 }
 
 fn main() {
-    let small = common::small_mode();
+    let small = small_mode();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -163,8 +160,27 @@ fn main() {
     }
 }
 
+/// Stores `blocks` (a root chain) on `worker` as its `seq`-th event, as stream message
+/// `*stream_seq + 1`; returns once the fleet actor applied it.
+async fn store(
+    h: &FleetHandle,
+    stream_seq: &mut u64,
+    worker: WorkerId,
+    seq: u64,
+    blocks: Vec<BlockHash>,
+) {
+    *stream_seq += 1;
+    let body = Body::Stored {
+        blocks,
+        parent: None,
+    };
+    h.apply(*stream_seq, Envelope::new(worker, 1, seq, 0, body))
+        .await
+        .expect("the router runs");
+}
+
 async fn run(workers: usize, samples: usize) {
-    let tok = tokenizer();
+    let tok = Arc::new(bench_tokenizer());
     let mut rng = StdRng::seed_from_u64(7);
     let infos: Vec<WorkerInfo> = (0..workers)
         .map(|i| WorkerInfo {
@@ -175,53 +191,31 @@ async fn run(workers: usize, samples: usize) {
             epoch: 1,
         })
         .collect();
-    let routing = RoutingSetup {
-        policy: PolicyKind::CacheAware,
-        config: PolicyConfig::default(),
-        speculation: None,
-    };
-    let fleet = owner::spawn_static(
-        FleetConfig::default(),
-        routing.build(),
-        Arc::new(NoLoad),
-        infos,
-    )
-    .await
-    .unwrap();
-    let h = fleet.handle();
+    // The router only needs a tokenizer for its HTTP paths, which the bench does not use.
+    let mut models = cache_router::tokenize::Models::new();
+    models.insert("bench".into(), tok.clone() as Arc<dyn PromptTokenizer>);
+    let mut config = RouterConfig::new(models);
+    config.static_workers = infos;
+    config.policy = PolicyKind::CacheAware;
+    config.policy_config = PolicyConfig::default();
+    config.speculation = None;
+    config.max_index_entries = None;
+    let router = routers::spawn(config).await;
+    let h = router.fleet().clone();
+    let mut stream_seq = 0;
     // Background population: every worker holds ~20 other conversations' blocks (~2.5k
     // entries each), so look-ups run against a realistic index.
     for i in 0..workers {
-        let mut blocks = Vec::new();
-        for _ in 0..20 {
+        let id = WorkerId(format!("w{i:04}"));
+        for k in 0..20 {
             let conv = conversation(&mut rng, 6);
             let ids = tok.encode_chat(&conv).unwrap();
             let mut hs = Vec::new();
             tok.block_hashes(&ids, &mut hs);
-            blocks.push(hs);
+            store(&h, &mut stream_seq, id.clone(), k + 1, hs).await;
         }
-        let id = format!("w{i:04}");
-        h.query(move |f| {
-            for (k, hs) in blocks.into_iter().enumerate() {
-                f.apply(
-                    0,
-                    Envelope::new(
-                        id.as_str().into(),
-                        1,
-                        k as u64 + 1,
-                        0,
-                        Body::Stored {
-                            blocks: hs,
-                            parent: None,
-                        },
-                    ),
-                );
-            }
-        })
-        .await
-        .unwrap();
     }
-    let entries = h.query(|f| f.index().stats().entries).await.unwrap();
+    let entries = h.stats().await.unwrap().index.entries;
 
     let mut cold = Samples::default();
     let mut warm = Samples::default();
@@ -252,6 +246,7 @@ async fn run(workers: usize, samples: usize) {
                 dry_run: false,
                 max_candidates: 3,
                 now_ms: 0,
+                now: Instant::now(),
             })
             .await
             .unwrap();
@@ -261,23 +256,7 @@ async fn run(workers: usize, samples: usize) {
         cold.total.push(t0.elapsed());
         // The chosen worker now holds this conversation (as its Stored event would say).
         let w = o.chosen().unwrap().worker.clone();
-        h.query(move |f| {
-            f.apply(
-                0,
-                Envelope::new(
-                    w,
-                    1,
-                    s_seq,
-                    0,
-                    Body::Stored {
-                        blocks: hashes,
-                        parent: None,
-                    },
-                ),
-            );
-        })
-        .await
-        .unwrap();
+        store(&h, &mut stream_seq, w, s_seq, hashes).await;
         // Warm: the next turn of the same chat (assistant reply + a new user message).
         let mut next = conv.clone();
         next.push(ChatMessage::text("assistant", text(&mut rng, 60)));
@@ -290,6 +269,7 @@ async fn run(workers: usize, samples: usize) {
                 dry_run: false,
                 max_candidates: 3,
                 now_ms: 0,
+                now: Instant::now(),
             })
             .await
             .unwrap();
@@ -323,5 +303,5 @@ async fn run(workers: usize, samples: usize) {
         cold_p50.as_secs_f64() / tok_only.as_secs_f64(),
         pct(&mut warm.total, 0.99),
     );
-    fleet.shutdown().await;
+    router.stop().await.expect("the router stops");
 }

@@ -6,10 +6,11 @@
 //! to `docs/img/scale.png`.
 //!
 //! Per fleet size, on a fresh `nats-server` (127.0.0.1, random port):
-//! - the router runs in-process on its own runtime, wired as `cache-router serve --nats URL
-//!   --model deepseek --model-dir target/fixtures/deepseek --chat-template T` (event-plane
-//!   ingest, registry discovery, the owner thread, cache-aware policy, the axum app on
-//!   127.0.0.1:0) with the real DeepSeek tokenizer and a DeepSeek-V3-style template;
+//! - the router runs in-process on its own runtime, started through the library
+//!   (`Router::spawn`) as `cache-router serve --nats URL --model deepseek --model-dir
+//!   target/fixtures/deepseek --chat-template T` starts it (event plane, registry discovery,
+//!   the fleet actor, cache-aware policy, the axum app on 127.0.0.1:0) with the real DeepSeek
+//!   tokenizer and a DeepSeek-V3-style template;
 //! - N mock reporters do what worker-reporter does: register in the KV registry and keep the
 //!   entry fresh, answer resyncs, report load, publish BlockStored events and a digest. Caches
 //!   are real text tokenized and hashed as the router does: a shared system prompt and 24 chat
@@ -34,40 +35,31 @@ mod common;
 
 #[path = "common/scale_extra.rs"]
 mod extra;
-
-#[allow(dead_code)]
-#[path = "../tests/common/nats.rs"]
-mod nats;
-
-#[path = "../tests/common/tokenizer.rs"]
-mod tokenizer_fixture;
+#[path = "common/scale_requests.rs"]
+mod requests;
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use serde::Deserialize;
-use serde_json::json;
 use tokio::runtime::Runtime;
 use tokio::sync::Barrier;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use cache_router::bus::ingest::{self, EventPlane, FleetHandle, IngestConfig};
-use cache_router::bus::publisher::Publisher;
-use cache_router::bus::{self, registry, NatsArgs, StreamArgs};
-use cache_router::http::{self, inflight::InFlight, routes};
-use cache_router::policy::{PolicyConfig, PolicyKind};
-use cache_router::protocol::{BlockHash, Body, Load, WorkerId, WorkerInfo};
-use cache_router::routing::{LoadSource, RoutingSetup};
-use cache_router::tokenize::{ChatMessage, ModelTokenizer};
-use nats::NatsServer;
+use cache_router::tokenize::{ChatMessage, ModelTokenizer, Models};
+use cache_router::{NatsConfig, RouterConfig, RunningRouter};
+use cache_router_bus::publisher::Publisher;
+use cache_router_bus::{registry, NatsArgs, StreamArgs};
+use cache_router_core::policy::{PolicyConfig, PolicyKind};
+use cache_router_core::protocol::{BlockHash, Body, Load, WorkerId, WorkerInfo};
+use cache_router_testkit::nats::NatsServer;
+use cache_router_testkit::{eventually, routers, small_mode, tokenizer};
+use common::{ms, router_metric, within};
+use requests::{check, pretokenized, requests, Kind, Reply, Req, Timings};
 
 const MODEL: &str = "deepseek";
 const BLOCK_SIZE: usize = 16;
@@ -114,7 +106,7 @@ struct Plan {
 
 impl Plan {
     fn new() -> Plan {
-        let small = common::small_mode();
+        let small = small_mode();
         let (fleets, concurrency, runs, sequential, histories_per_worker, pool_messages) = if small
         {
             (vec![5, 20], 50, 1, 20, 6, 150)
@@ -215,7 +207,7 @@ impl WorkerContent {
 
 /// The tokenizer as `serve --model-dir DIR --chat-template T --block-size 16` loads it.
 fn tokenizer(template: &Path) -> ModelTokenizer {
-    let dir = tokenizer_fixture::deepseek_dir();
+    let dir = tokenizer::deepseek_dir();
     ModelTokenizer::from_model_dir(&dir, Some(template))
         .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", dir.display()))
         .with_model(MODEL, BLOCK_SIZE)
@@ -257,53 +249,23 @@ fn build_fleet(tok: &ModelTokenizer, corpus: &Corpus, plan: &Plan, n: usize) -> 
     })
 }
 
-/// The router: the HTTP app on 127.0.0.1:0 over the event plane.
-#[derive(Debug)]
-struct Router {
-    base: String,
-    fleet: FleetHandle,
-    plane: EventPlane,
-    token: CancellationToken,
-    server: JoinHandle<std::io::Result<()>>,
-}
-
-/// Wires the router as `serve --nats URL` does, on the current (the router's) runtime.
-async fn start_router(nats_url: &str, tok: ModelTokenizer) -> Router {
-    let inflight = InFlight::new(MAX_WORKERS);
-    let mut config = IngestConfig::new(NatsArgs::for_url(nats_url));
-    config.fleet.index.max_entries = MAX_INDEX_ENTRIES;
-    config.routing = RoutingSetup {
-        policy: PolicyKind::CacheAware,
-        config: PolicyConfig::default(),
-        ..RoutingSetup::default()
-    };
-    config.loads = Arc::new(inflight.clone()) as Arc<dyn LoadSource>;
-    let client = bus::connect(&NatsArgs::for_url(nats_url), "cache-router").await;
-    let token = CancellationToken::new();
-    let plane = ingest::start(client.expect("router connects"), config, token.clone()).await;
-    let plane = plane.expect("start the event plane");
-    let mut models = routes::Models::new();
+/// Starts the router as `serve --nats URL --policy cache-aware` does (its other flags at their
+/// defaults), on the current (the router's) runtime.
+async fn start_router(nats_url: &str, tok: ModelTokenizer) -> RunningRouter {
+    let mut models = Models::new();
     models.insert(MODEL.into(), Arc::new(tok));
-    let mut state = http::AppState::new(plane.handle(), models, inflight);
+    let mut config = RouterConfig::new(models);
+    config.nats = Some(NatsConfig::new(nats_url));
+    config.policy = PolicyKind::CacheAware;
+    config.policy_config = PolicyConfig::default();
+    config.max_workers = MAX_WORKERS;
+    config.max_index_entries = Some(MAX_INDEX_ENTRIES);
+    config.shutdown_grace = GRACE;
     // A/B knob for the tokenize gate (default: one slot per core).
-    if let Some(n) = std::env::var("SCALE_TOKENIZE_SLOTS")
+    config.tokenize_slots = std::env::var("SCALE_TOKENIZE_SLOTS")
         .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        state.tokenize_gate = http::routes::TokenizeGate::new(n);
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await;
-    let listener = listener.expect("bind the router");
-    let base = format!("http://{}", listener.local_addr().expect("local address"));
-    let server = tokio::spawn(http::serve(listener, http::app(state), token.clone()));
-    let fleet = plane.handle();
-    Router {
-        base,
-        fleet,
-        plane,
-        token,
-        server,
-    }
+        .and_then(|v| v.parse().ok());
+    routers::spawn(config).await
 }
 
 /// Mock reporters, all workers at once on one shared NATS connection, doing what
@@ -316,13 +278,13 @@ async fn start_reporters(
     token: &CancellationToken,
 ) -> (Vec<Publisher>, Vec<JoinHandle<()>>, u64, u64) {
     let args = NatsArgs::for_url(nats_url);
-    let conn = bus::connect(&args, "mock-reporters")
+    let conn = cache_router_bus::connect(&args, "mock-reporters")
         .await
         .expect("connect");
     let limits = StreamArgs::default();
-    let infra = bus::ensure_infra(&conn, &args.subjects(), &limits).await;
+    let infra = cache_router_bus::ensure_infra(&conn, &args.subjects(), &limits).await;
     let kv = infra.expect("NATS infrastructure").registry;
-    let ttl = Duration::from_millis(limits.registry_ttl_ms);
+    let ttl = limits.registry_ttl;
     let mut publishers = Vec::new();
     let mut starts = Vec::new();
     for w in fleet {
@@ -342,9 +304,10 @@ async fn start_reporters(
         let (kv, token, events) = (kv.clone(), token.clone(), w.events());
         starts.push(tokio::spawn(async move {
             let resync = p.serve_resync(token.clone()).await.expect("serve resyncs");
-            let reg = registry::register(kv, info, ttl, token)
-                .await
-                .expect("register");
+            // Always alive: the entry is written at once and refreshed every third of the TTL.
+            let alive = || true;
+            let reg = registry::keep_registered(kv, info, ttl, ttl / 3, alive, token);
+            let reg = tokio::spawn(reg);
             p.publish_load(Load::default()).await.expect("publish load");
             let (mut last, msgs) = (0, events.len() as u64 + 1);
             for body in events {
@@ -364,46 +327,31 @@ async fn start_reporters(
     (publishers, tasks, last, msgs)
 }
 
-async fn within<T>(limit: Duration, what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not done within {limit:?}"))
-}
-
-/// Polls `check` every 10 ms until it holds, for at most `limit`.
-async fn eventually<F: Future<Output = bool>>(limit: Duration, what: &str, check: impl Fn() -> F) {
-    within(limit, what, async {
-        while !check().await {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-}
-
 /// Waits until the router applied the stream, lists every worker and answers /ready; checks
 /// its index against the reporters' ground truth. Returns the index's entries.
 async fn wait_router(
-    r: &Router,
+    r: &RunningRouter,
     pubs: &[Publisher],
     last_seq: u64,
     http: &reqwest::Client,
     limit: Duration,
 ) -> usize {
-    within(limit, "apply the stream", r.fleet.wait_applied(last_seq)).await;
-    let (fleet, n) = (&r.fleet, pubs.len());
-    eventually(limit, "every worker registered", || async move {
-        let live = fleet.query(|f| f.workers().filter(|(_, e)| e.info.is_some()).count());
-        live.await == Some(n)
+    let (fleet, n) = (r.fleet(), pubs.len());
+    within(limit, "apply the stream", fleet.wait_applied(last_seq))
+        .await
+        .expect("router running");
+    eventually("every worker is registered", || async move {
+        fleet.stats().await.is_ok_and(|s| s.registered == n)
     })
     .await;
-    let ready = &format!("{}/ready", r.base);
-    eventually(limit, "router /ready", || async move {
+    let ready = &format!("{}/ready", r.url());
+    eventually("the router answers /ready", || async move {
         let resp = http.get(ready.as_str()).send().await;
         resp.is_ok_and(|r| r.status().is_success())
     })
     .await;
-    let query = fleet.query(|f| (f.index().stats().entries, f.counters().clone()));
-    let (entries, counters) = query.await.expect("router running");
+    let stats = fleet.stats().await.expect("router running");
+    let (entries, counters) = (stats.index.entries, stats.counters);
     let mut truth = 0;
     for p in pubs {
         truth += p.ground_truth().await.2.len();
@@ -422,64 +370,6 @@ async fn wait_router(
     entries
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Warm,
-    NewChat,
-    Cold,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Warm => "warm turn",
-            Kind::NewChat => "new chat on the system prompt",
-            Kind::Cold => "cold completion",
-        }
-    }
-}
-
-/// A correct decision: to `Holder` with at least `blocks` overlap; at least this overlap;
-/// or no overlap at all.
-#[derive(Debug)]
-enum Expect {
-    Holder { worker: String, blocks: u32 },
-    AtLeast(u32),
-    Nothing,
-}
-
-#[derive(Debug)]
-struct Req {
-    kind: Kind,
-    body: Bytes,
-    expect: Expect,
-}
-
-/// The parts of `/route`'s answer read here (the candidate list is skipped).
-#[derive(Debug, Deserialize)]
-struct Reply {
-    tokens: u64,
-    blocks: u64,
-    chosen: Option<Chosen>,
-    timings_us: Timings,
-}
-
-#[derive(Debug, Deserialize)]
-struct Chosen {
-    worker: String,
-    overlap: u32,
-}
-
-#[derive(Debug, Deserialize)]
-struct Timings {
-    /// Waiting for a tokenizer slot (absent in routers before the tokenize gate).
-    #[serde(default)]
-    queue: u64,
-    tokenize: u64,
-    lookup: u64,
-    score: u64,
-}
-
 #[derive(Debug)]
 struct Sample {
     kind: Kind,
@@ -487,132 +377,6 @@ struct Sample {
     done: Instant,
     bytes: usize,
     reply: Reply,
-}
-
-/// `n` requests, shuffled: half the active conversations' next turns (in the warm-up burst,
-/// `seed` 0, their previous turn: the history itself), a quarter new chats on the system
-/// prompt, a quarter cold completions.
-fn requests(
-    corpus: &Corpus,
-    fleet: &[WorkerContent],
-    active: &[(usize, usize)],
-    n: usize,
-    shared: u32,
-    seed: u64,
-) -> Vec<Req> {
-    let mut rng = StdRng::seed_from_u64(7_000 + seed);
-    let body = |v: serde_json::Value| Bytes::from(v.to_string());
-    let mut out = Vec::with_capacity(n);
-    for &(w, h) in active.iter().cycle().take(n / 2) {
-        let hist = &fleet[w].histories[h];
-        let mut msgs = corpus.history(&hist.msgs);
-        if seed > 0 {
-            let (a, u) = (rng.random_range(40..80), rng.random_range(40..80));
-            msgs.push(ChatMessage::text("assistant", text(&mut rng, a)));
-            msgs.push(ChatMessage::text("user", text(&mut rng, u)));
-        }
-        let (worker, blocks) = (fleet[w].id.0.clone(), hist.hashes.len() as u32);
-        let body = body(json!({"model": MODEL, "messages": msgs, "max_tokens": 64}));
-        let expect = Expect::Holder { worker, blocks };
-        out.push(Req {
-            kind: Kind::Warm,
-            body,
-            expect,
-        });
-    }
-    while out.len() < n - n / 4 {
-        let words = rng.random_range(800..1300);
-        let system = ChatMessage::text("system", corpus.system.clone());
-        let msgs = [system, ChatMessage::text("user", text(&mut rng, words))];
-        let body = body(json!({"model": MODEL, "messages": msgs, "max_tokens": 64}));
-        let expect = Expect::AtLeast(shared);
-        out.push(Req {
-            kind: Kind::NewChat,
-            body,
-            expect,
-        });
-    }
-    while out.len() < n {
-        let words = rng.random_range(900..1400);
-        let prompt = text(&mut rng, words);
-        let body = body(json!({"model": MODEL, "prompt": prompt, "max_tokens": 64}));
-        out.push(Req {
-            kind: Kind::Cold,
-            body,
-            expect: Expect::Nothing,
-        });
-    }
-    out.shuffle(&mut rng);
-    out
-}
-
-/// `n` requests whose prompts are token ids (OpenAI's array form), so the router does no
-/// tokenizing: half the active conversations' histories, half cold prompts. This isolates
-/// the routing path (parse, hash, look-up, score, answer) under the same concurrency, the
-/// shape a decision-only benchmark such as the prototype's measures.
-fn pretokenized(
-    tok: &ModelTokenizer,
-    corpus: &Corpus,
-    fleet: &[WorkerContent],
-    active: &[(usize, usize)],
-    n: usize,
-    seed: u64,
-) -> Vec<Req> {
-    let mut rng = StdRng::seed_from_u64(9_000 + seed);
-    let mut out = Vec::with_capacity(n);
-    for &(w, h) in active.iter().cycle().take(n / 2) {
-        let hist = &fleet[w].histories[h];
-        let ids = tok
-            .encode_chat(&corpus.history(&hist.msgs))
-            .expect("tokenize a chat");
-        let (worker, blocks) = (fleet[w].id.0.clone(), hist.hashes.len() as u32);
-        let body = json!({"model": MODEL, "prompt": ids, "max_tokens": 64});
-        out.push(Req {
-            kind: Kind::Warm,
-            body: Bytes::from(body.to_string()),
-            expect: Expect::Holder { worker, blocks },
-        });
-    }
-    while out.len() < n {
-        let ids: Vec<u32> = (0..1400)
-            .map(|_| rng.random_range(1_000..100_000))
-            .collect();
-        let body = json!({"model": MODEL, "prompt": ids, "max_tokens": 64});
-        out.push(Req {
-            kind: Kind::Cold,
-            body: Bytes::from(body.to_string()),
-            expect: Expect::Nothing,
-        });
-    }
-    out.shuffle(&mut rng);
-    out
-}
-
-/// Checks one answer against what it should be.
-fn check(req: &Req, status: reqwest::StatusCode, body: &[u8]) -> Result<Reply, String> {
-    let kind = req.kind.name();
-    if status != reqwest::StatusCode::OK {
-        let body = String::from_utf8_lossy(body);
-        return Err(format!("{kind}: {status}: {body}"));
-    }
-    let reply: Reply = serde_json::from_slice(body).map_err(|e| format!("{kind}: {e}"))?;
-    let chosen = reply
-        .chosen
-        .as_ref()
-        .ok_or_else(|| format!("{kind}: none chosen"))?;
-    let ok = match &req.expect {
-        Expect::Holder { worker, blocks } => chosen.worker == *worker && chosen.overlap >= *blocks,
-        Expect::AtLeast(blocks) => chosen.overlap >= *blocks && *blocks > 0,
-        Expect::Nothing => chosen.overlap == 0,
-    };
-    if !ok {
-        let (w, o, b) = (&chosen.worker, chosen.overlap, reply.blocks);
-        return Err(format!(
-            "{kind}: expected {:?}, got {w} with overlap {o} of {b}",
-            req.expect
-        ));
-    }
-    Ok(reply)
 }
 
 /// Sends `reqs` all at once (tasks released by a barrier); every answer must pass [`check`].
@@ -669,10 +433,6 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
 fn pct(v: &[f64], q: f64) -> f64 {
     let i = ((v.len().max(1) - 1) as f64 * q).round() as usize;
     v.get(i).copied().unwrap_or(f64::NAN)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 /// A latency in ms, readable.
@@ -816,7 +576,7 @@ fn run_fleet(
         .expect("router runtime");
     let router = router_rt.block_on(start_router(&server.url(), tokenizer(template)));
     let result = bench.block_on(async {
-        let url = format!("{}/route", router.base);
+        let url = format!("{}/route", router.url());
         let http = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(plan.concurrency)
@@ -863,7 +623,8 @@ fn run_fleet(
         pre.sort_by_key(|r| r.wall);
         let pretokenized = pre.swap_remove(pre.len() / 2);
         println!("{tag} token-id prompts (no tokenizing), median burst: {}", pretokenized.line());
-        let snaps = router.fleet.metrics().snapshot().snapshots_written;
+        let snaps = router_metric(&http, router.url(), "cache_router_snapshots_written_total");
+        let snaps = snaps.await as u64;
         token.cancel();
         for t in tasks {
             let _ = tokio::time::timeout(GRACE, t).await;
@@ -900,10 +661,9 @@ fn run_fleet(
             pretokenized,
         }
     });
-    router.token.cancel();
     router_rt.block_on(async move {
-        let _ = tokio::time::timeout(GRACE, router.server).await;
-        within(plan.limit, "router shutdown", router.plane.shutdown(GRACE)).await;
+        let stopped = within(plan.limit, "router shutdown", router.stop()).await;
+        stopped.expect("the router stops");
     });
     router_rt.shutdown_timeout(GRACE);
     result
@@ -961,8 +721,9 @@ fn table(results: &[FleetResult]) {
 }
 
 fn main() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,cache_router::bus=error"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,cache_router_bus=error,cache_router::plane=error")
+    });
     let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = subscriber.with_writer(std::io::stderr).try_init();
     let mut plan = Plan::new();

@@ -15,8 +15,10 @@ const COLORS: [RGBColor; 3] = [
 ];
 
 /// Two panels: req/s bars labelled with the ratio to the first row (direct), and the latency
-/// CDFs (log-scale x, ms) of every row.
+/// CDFs (log-scale x, ms) of every row. Text is set in the router's embedded font (plotters'
+/// `ab_glyph` path has no system fonts), registered here first.
 pub(crate) fn plot(rows: &[(&str, Run)], title: &str, path: &Path) -> Result<(), String> {
+    cache_router::plot::register_embedded_font();
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;

@@ -52,8 +52,10 @@ pub(crate) fn fit_fd_limit(concurrency: usize) -> usize {
 }
 
 /// Latency CDFs (log-scale x) per fleet size, client round trip and router decision, with the
-/// prototype's p50/p99 as points.
+/// prototype's p50/p99 as points. Text is set in the router's embedded font (plotters'
+/// `ab_glyph` path has no system fonts), registered here first.
 pub(crate) fn plot(results: &[FleetResult], path: &Path) -> Result<(), String> {
+    cache_router::plot::register_embedded_font();
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let lo = results
         .iter()

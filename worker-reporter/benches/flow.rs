@@ -12,8 +12,9 @@
 //! 2. P again: the router's index now holds P's blocks on X (engine → ZMQ → reporter → NATS →
 //!    router), the request goes to X and the engine reports its cached tokens;
 //! 3. prompts sent straight to X (not through the router) make X's LRU evict P; the bench waits
-//!    (polling, bounded) until the router's overlap for X is 0 and a NATS tap on
-//!    `kvr.events.X` has seen P's blocks removed;
+//!    (re-checking at every message the router applies or the tap sees, bounded) until the
+//!    router's overlap for X is 0 and a NATS tap on `kvr.events.X` has seen P's blocks
+//!    removed;
 //! 4. two long streaming requests through the router keep two workers busy, and P is sent
 //!    again: nobody holds it, so it goes to the idle worker, routed by load.
 //!
@@ -22,10 +23,9 @@
 //! and asserts what the step claims. The run takes a few seconds; small mode (`cargo test`)
 //! runs the same steps.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 mod support;
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::time::Instant;
 
@@ -34,16 +34,17 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use cache_router::mock::engine_block_hashes;
-use cache_router::protocol::BlockHash;
-use common::nats::NatsServer;
-use common::{start_engine, start_reporter, Engine, BS, MODEL, PATIENCE};
+use cache_router::proxy::WORKER_HEADER;
+use cache_router_core::protocol::BlockHash;
+use cache_router_testkit::engines::{
+    start_engine, start_reporter, Engine, EngineSpec, ReporterSpec,
+};
+use cache_router_testkit::nats::NatsServer;
+use cache_router_testkit::{http_client, tokenizer, BLOCK_SIZE as BS, MODEL};
 use support::{Clock, EventTap, Router};
 
 const WORKERS: [&str; 3] = ["w1", "w2", "w3"];
 const NUM_BLOCKS: usize = 64;
-/// How often the index is polled (`/route`) while events propagate: the printed lags are
-/// this fine.
-const FINE_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 /// Blocks of each prompt sent straight to X to make it evict P.
 const FILLER_BLOCKS: usize = 40;
 
@@ -72,7 +73,7 @@ fn completion(prompt: impl Into<Value>) -> Value {
 
 /// How many of `hashes` (engine hashes) the engine holds right now.
 fn engine_holds(engine: &Engine, hashes: &[u64]) -> usize {
-    let cached = engine.state.engine.cached_hashes();
+    let cached = engine.mock.engine.cached_hashes();
     hashes
         .iter()
         .filter(|h| cached.binary_search(h).is_ok())
@@ -95,7 +96,7 @@ async fn hold_stream(
     assert!(resp.status().is_success(), "stream: {}", resp.status());
     let worker = resp
         .headers()
-        .get(cache_router::http::proxy::WORKER_HEADER)
+        .get(WORKER_HEADER)
         .and_then(|v| v.to_str().ok())
         .expect("the router names the serving worker")
         .to_owned();
@@ -121,11 +122,16 @@ async fn run() {
     let router = Router::start(&nats.url()).await;
     let mut engines: Vec<(&str, Engine)> = Vec::new();
     for id in WORKERS {
-        engines.push((id, start_engine(NUM_BLOCKS, 0.0, true, None).await.0));
+        let spec = EngineSpec {
+            num_blocks: NUM_BLOCKS,
+            ..EngineSpec::default()
+        };
+        engines.push((id, start_engine(spec).await.expect("a mock engine starts")));
     }
+    // Replay on, 300 ms digests (the kit's reporter defaults).
     let reporters: Vec<_> = engines
         .iter()
-        .map(|(id, e)| start_reporter(&nats.url(), id, &e.url, e.ports, true))
+        .map(|(id, e)| start_reporter(&nats.url(), e, &ReporterSpec::new(id)))
         .collect();
     let engine = |id: &str| -> &Engine {
         &engines
@@ -134,7 +140,7 @@ async fn run() {
             .expect("a known worker")
             .1
     };
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = http_client();
     router.wait_for_workers(&http, WORKERS.len()).await;
     println!(
         "{} setup: {} mock vLLM engines x {NUM_BLOCKS} blocks of {BS} tokens, a reporter each \
@@ -173,21 +179,17 @@ async fn run() {
     println!("             /route: {}", d1.table());
 
     // P's blocks reach the index through the engine's KV events.
-    let t = Instant::now();
-    let mut seen = d1;
-    while seen.overlap(&x) < n as u32 {
-        assert!(
-            t.elapsed() < PATIENCE,
-            "the router never saw P's blocks on {x}: {seen:?}"
-        );
-        tokio::time::sleep(FINE_POLL).await;
-        seen = router.route(&http, &body).await;
-    }
+    let what = format!("the router sees P's blocks on {x}");
+    let lag = router
+        .wait_until(&what, None, || async {
+            router.route(&http, &body).await.overlap(&x) >= n as u32
+        })
+        .await;
     println!(
         "{} index     {x} holds {n}/{n} of P's blocks in the router's index {:.0} ms after \
          the answer (BlockStored: engine -> ZMQ -> reporter -> NATS -> router)",
         clock.stamp(),
-        t.elapsed().as_secs_f64() * 1e3
+        lag.as_secs_f64() * 1e3
     );
 
     // 2. Warm: the repeat goes to X and hits its cache.
@@ -222,10 +224,12 @@ async fn run() {
 
     // 3. X evicts P: prompts sent straight to X push P out of its LRU.
     let ex = engine(&x);
-    let p_tokens = ex.state.tokenizer.encode_prompt(&p).expect("tokenize P");
+    // The engines' tokenizer: the fixture's, as every kit engine loads it.
+    let tok = tokenizer::model_tokenizer(MODEL, BS);
+    let p_tokens = tok.encode_prompt(&p).expect("tokenize P");
     let p_engine = engine_block_hashes(&p_tokens, BS);
     let mut p_ours = Vec::new();
-    ex.state.tokenizer.block_hashes(&p_tokens, &mut p_ours);
+    tok.block_hashes(&p_tokens, &mut p_ours);
     assert_eq!(p_ours.len(), n, "the router and the engine disagree on P");
     let p_ours: HashSet<BlockHash> = p_ours.into_iter().collect();
     let tap = EventTap::start(&nats.url(), &x).await;
@@ -234,7 +238,7 @@ async fn run() {
     while engine_holds(ex, &p_engine) > 0 {
         assert!(fillers < 20, "{x} still holds P after {fillers} fillers");
         let resp = http
-            .post(format!("{}/v1/completions", ex.url))
+            .post(format!("{}/v1/completions", ex.url()))
             .json(&completion(fresh_tokens(&mut rng, FILLER_BLOCKS)))
             .send()
             .await
@@ -248,16 +252,18 @@ async fn run() {
          through the router); its LRU evicted all {n} of P's blocks",
         clock.stamp()
     );
-    let mut d3 = router.route(&http, &body).await;
-    while d3.overlap(&x) > 0 || tap.removed(&p_ours).2 < n {
-        assert!(
-            evicted.elapsed() < PATIENCE,
-            "the router still sees P on {x}: {d3:?}; tap {:?}",
-            tap.removed(&p_ours)
-        );
-        tokio::time::sleep(FINE_POLL).await;
-        d3 = router.route(&http, &body).await;
-    }
+    let what = format!("the router stops seeing P on {x} and the tap saw P's blocks removed");
+    // The last decision taken while waiting, printed below.
+    let d3 = RefCell::new(None);
+    router
+        .wait_until(&what, Some(&tap), || async {
+            let d = router.route(&http, &body).await;
+            let done = d.overlap(&x) == 0 && tap.removed(&p_ours).2 >= n;
+            *d3.borrow_mut() = Some(d);
+            done
+        })
+        .await;
+    let d3 = d3.into_inner().expect("a decision");
     let (msgs, removed, of_p) = tap.removed(&p_ours);
     drop(tap);
     println!(
@@ -313,11 +319,11 @@ async fn run() {
         "flow: MISS -> HIT -> EVICTION -> MISS by load, as claimed ({:.1} s)",
         started.elapsed().as_secs_f64()
     );
-    router.token.cancel();
-    for t in reporters {
-        t.cancel();
+    router.stop().await;
+    for r in reporters {
+        r.stop().await.expect("the reporter stops");
     }
-    for (_, e) in &engines {
-        e.token.cancel();
+    for (_, e) in engines {
+        e.stop().await;
     }
 }

@@ -38,8 +38,6 @@
 //! full mode, `docs/img/stale-cache.png`: the router's believed overlap on X against the
 //! engine's real holding over the slowest A trial.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 mod support;
 
 use std::collections::{HashMap, HashSet};
@@ -49,18 +47,19 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
-use cache_router::hashing::{block_hashes, namespace_seed};
-use cache_router::kv_events::zmq::DropControl;
 use cache_router::mock::engine_block_hashes;
-use cache_router::protocol::{BlockHash, WorkerId};
-use common::nats::NatsServer;
-use common::{
-    engine_cache_as_ours, start_engine, start_reporter_digest, Engine, BS, MODEL, PATIENCE, POLL,
+use cache_router_bus::zmq::DropControl;
+use cache_router_core::hashing::{block_hashes, namespace_seed};
+use cache_router_core::protocol::BlockHash;
+use cache_router_testkit::engines::{
+    engine_cache_as_ours, start_engine, start_reporter, Engine, EngineSpec, ReporterSpec,
 };
+use cache_router_testkit::nats::NatsServer;
+use cache_router_testkit::{assert_eventually, eventually, http_client, BLOCK_SIZE as BS, MODEL};
 use support::timeline::{Sample, Timeline};
-use support::{Clock, Decision, EventTap, Router};
+use support::{Clock, Decision, EventTap, Router, POLL};
+use worker_reporter::Reporter;
 
 const NUM_BLOCKS: usize = 64;
 const P_BLOCKS: usize = 20;
@@ -112,17 +111,28 @@ struct Node {
     id: String,
     engine: Engine,
     drop: DropControl,
-    reporter: CancellationToken,
+    reporter: Reporter,
 }
 
 /// An engine (with the publisher's [`DropControl`]) and a reporter with the given digest
 /// interval.
 async fn start_node(nats: &str, id: &str, replay: bool, digest: Duration) -> Node {
-    let (engine, ports) = start_engine(NUM_BLOCKS, 0.0, replay, None).await;
-    let reporter = start_reporter_digest(nats, id, &engine.url, ports, replay, digest);
+    let spec = EngineSpec {
+        num_blocks: NUM_BLOCKS,
+        replay,
+        ..EngineSpec::default()
+    };
+    let engine = start_engine(spec).await.expect("a mock engine starts");
+    let reporter = ReporterSpec {
+        digest_interval: digest,
+        replay,
+        ..ReporterSpec::new(id)
+    };
+    let reporter = start_reporter(nats, &engine, &reporter);
+    let drop = engine.mock.drop.clone();
     Node {
         id: id.into(),
-        drop: engine.drop.clone(),
+        drop: drop.expect("the engine publishes KV events"),
         engine,
         reporter,
     }
@@ -147,7 +157,7 @@ impl Fleet {
         for id in ids {
             nodes.push(start_node(&nats.url(), id, replay, digest).await);
         }
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let http = http_client();
         router.wait_for_workers(&http, ids.len()).await;
         Fleet {
             nats: nats.url(),
@@ -160,11 +170,12 @@ impl Fleet {
         }
     }
 
-    fn stop(&self) {
-        self.router.token.cancel();
-        for n in &self.nodes {
-            n.reporter.cancel();
-            n.engine.token.cancel();
+    /// Stops the router, then every reporter and engine, and waits for each.
+    async fn stop(self) {
+        self.router.stop().await;
+        for n in self.nodes {
+            n.reporter.stop().await.expect("the reporter stops");
+            n.engine.stop().await;
         }
     }
 
@@ -194,7 +205,7 @@ impl Fleet {
     async fn direct(&self, id: &str, tokens: &[u32]) {
         let resp = self
             .http
-            .post(format!("{}/v1/completions", self.node(id).engine.url))
+            .post(format!("{}/v1/completions", self.node(id).engine.url()))
             .json(&body(tokens))
             .send()
             .await
@@ -205,11 +216,10 @@ impl Fleet {
     /// (phantom, missing): blocks the router believes `id` holds that its engine does not,
     /// and the reverse.
     async fn divergence(&self, id: &str) -> (usize, usize) {
-        let wid = WorkerId::from(id);
         let router: HashSet<BlockHash> = self
             .router
             .fleet
-            .query(move |f| f.worker_blocks(&wid))
+            .worker_blocks(id)
             .await
             .unwrap_or_default()
             .into_iter()
@@ -227,13 +237,10 @@ impl Fleet {
         self.divergence(id).await == (0, 0)
     }
 
+    /// The worker's epoch at the router, once it is not resyncing.
     async fn epoch(&self, id: &str) -> Option<u64> {
-        let wid = WorkerId::from(id);
-        self.router
-            .fleet
-            .query(move |f| f.worker(&wid).filter(|w| !w.resyncing()).map(|w| w.epoch))
-            .await
-            .flatten()
+        let w = self.router.fleet.worker(id).await.ok().flatten();
+        w.filter(|w| !w.resyncing).map(|w| w.epoch)
     }
 }
 
@@ -243,7 +250,7 @@ fn body(tokens: &[u32]) -> serde_json::Value {
 
 /// Leading blocks of `tokens` the engine holds right now (what a request would hit).
 fn engine_prefix(engine: &Engine, tokens: &[u32]) -> u32 {
-    let cached = engine.state.engine.cached_hashes();
+    let cached = engine.mock.engine.cached_hashes();
     engine_block_hashes(tokens, BS)
         .iter()
         .take_while(|h| cached.binary_search(h).is_ok())
@@ -296,15 +303,11 @@ impl Fleet {
             tokio::time::sleep(after).await;
         }
         self.direct(x, &p).await;
-        let t = Instant::now();
-        loop {
-            let d = self.router.route(&self.http, &pb).await;
-            if d.overlap(x) as usize == P_BLOCKS && self.agrees(x).await {
-                break;
-            }
-            assert!(t.elapsed() < PATIENCE, "the router never saw P on {x}");
-            tokio::time::sleep(POLL).await;
-        }
+        assert_eventually!(
+            self.router.route(&self.http, &pb).await.overlap(x) as usize == P_BLOCKS
+                && self.agrees(x).await,
+            "the router sees P on {x}"
+        );
         let mut trial = TailTrial {
             x: x.into(),
             phase,
@@ -336,11 +339,10 @@ impl Fleet {
         // dropped them all before losses stop (else the last one could still go out live).
         let node = self.node(x);
         let want = dropped_before + trial.fillers as u64;
-        let t = Instant::now();
-        while node.drop.dropped() < want {
-            assert!(t.elapsed() < PATIENCE, "the publisher never dropped {want}");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        assert_eventually!(
+            node.drop.dropped() >= want,
+            "the publisher dropped {want} batches"
+        );
         node.drop.set_fraction(0.0);
         let t0 = Instant::now();
         trial.loss = start.elapsed();
@@ -631,7 +633,7 @@ async fn run(plan: Plan) {
         ]);
         traffic.push(r);
     }
-    fleet.stop();
+    fleet.stop().await;
 
     // C: no replay socket.
     let mut bare = Fleet::start(&["w1", "w2"], false, plan.digest, 2).await;
@@ -656,19 +658,14 @@ async fn run(plan: Plan) {
     // The next batch reveals the gap: the reporter starts a new epoch from its mirror.
     let p2 = bare.fresh(2);
     bare.direct(&x, &p2).await;
-    let t = Instant::now();
-    loop {
-        let e = bare.epoch(&x).await;
-        if e.is_some() && e != epoch_before {
-            break;
-        }
-        assert!(
-            t.elapsed() < PATIENCE,
-            "no new epoch for {x} after a gap without replay"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-    let resynced = t.elapsed();
+    let resynced = eventually(
+        &format!("the router has a new epoch for {x} after a gap without replay"),
+        || async {
+            let e = bare.epoch(&x).await;
+            e.is_some() && e != epoch_before
+        },
+    )
+    .await;
     let (phantom, missing) = bare.divergence(&x).await;
     println!(
         "{} C next batch on {x}: gap, new epoch; the router had resynced from the reporter's \
@@ -690,7 +687,7 @@ async fn run(plan: Plan) {
         ),
         "expected (no replay)".into(),
     ]);
-    bare.stop();
+    bare.stop().await;
 
     println!();
     println!("| scenario | loss | digest interval | false hits (dry-run) | false hits (proxied) | recovery | ≤ digest + {} ms |", MARGIN.as_millis());

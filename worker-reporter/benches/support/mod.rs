@@ -1,42 +1,44 @@
-//! Helpers shared by the reporter's benches (`flow`, `stale_cache`): the small-mode switch, the
-//! router started in-process as `tests/routed.rs` does, `/route` and completion calls that
-//! return what a log line needs, a tap on a worker's event subject, and the stale-cache
-//! timeline plot ([`timeline`]). The engines, reporters and nats-server come from the
-//! end-to-end tests' harness (`tests/common`).
+//! Helpers shared by the reporter's benches (`flow`, `stale_cache`): the router started through
+//! the test kit as the reporter's routed tests start it, `/route` and completion calls that
+//! return what a log line needs, waits driven by the router's own progress, a tap on a worker's
+//! event subject, and the stale-cache timeline plot ([`timeline`]). The engines, reporters,
+//! nats-server and the small-mode switch come from the test kit (`cache-router-testkit`).
 #![allow(dead_code)]
 
 pub(crate) mod timeline;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::watch;
 
-use cache_router::bus::ingest::FleetHandle;
-use cache_router::bus::NatsArgs;
-use cache_router::http::proxy::WORKER_HEADER;
-use cache_router::protocol::{BlockHash, Body, Envelope, WorkerId};
+use cache_router::proxy::WORKER_HEADER;
+use cache_router::{FleetHandle, RunningRouter};
+use cache_router_bus::NatsArgs;
+use cache_router_core::protocol::{BlockHash, Body, Envelope, WorkerId};
+use cache_router_testkit::{eventually, patience, routers};
 
-use crate::common::{wait_until, PATIENCE};
+pub(crate) use cache_router_testkit::small_mode;
 
-/// The root benches' small-mode switch (`cargo test` runs benches small, still checking).
-#[path = "../../../benches/common/mod.rs"]
-mod root_common;
-pub(crate) use root_common::small_mode;
+/// How often the benches' measurement loops sample the router's view (`/route`, the fleet's
+/// views) while they count false hits or time a recovery.
+pub(crate) const POLL: Duration = Duration::from_millis(10);
 
 /// Logs warnings to stderr (`RUST_LOG` overrides). The reporters' gap warnings (the benches
-/// cause them on purpose) and the NATS connection-state lines of clients outliving their
-/// server are noise here.
+/// cause them on purpose), the router's event-plane warnings and the NATS connection-state
+/// lines of clients outliving their server are noise here.
 pub(crate) fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 tracing_subscriber::EnvFilter::new(
-                    "warn,cache_router::bus=error,worker_reporter::reporter=error",
+                    "warn,cache_router_bus=error,cache_router::plane=error,\
+                     worker_reporter::events=error,worker_reporter::load=error",
                 )
             }),
         )
@@ -68,23 +70,42 @@ impl Clock {
 }
 
 /// The router as `cache-router serve --nats URL --model mock-model --tokenizer ...
-/// --block-size 16 --policy cache-aware` wires it, on 127.0.0.1, with speculation off so that
-/// every overlap it reports comes from the engines' KV events.
+/// --block-size 16 --policy cache-aware` wires it (the kit's [`routers::nats_router_config`]:
+/// speculation off, so that every overlap it reports comes from the engines' KV events), on
+/// 127.0.0.1.
 pub(crate) struct Router {
     pub(crate) base: String,
     pub(crate) fleet: FleetHandle,
-    pub(crate) token: CancellationToken,
+    running: RunningRouter,
 }
 
 impl Router {
     pub(crate) async fn start(nats: &str) -> Router {
-        let (base, fleet, token) = crate::common::start_router(nats).await;
-        Router { base, fleet, token }
+        let mut config = routers::nats_router_config(nats);
+        // The kit's tests snapshot every 500 ms; these benches time how fast the router's view
+        // follows the engines, so the router keeps `serve`'s cadence (100 k messages or 30 s)
+        // and does no snapshot work during the measurements.
+        let defaults = cache_router::NatsConfig::new(nats);
+        if let Some(n) = config.nats.as_mut() {
+            n.snapshot_every = defaults.snapshot_every;
+            n.snapshot_interval = defaults.snapshot_interval;
+        }
+        let running = routers::spawn(config).await;
+        Router {
+            base: running.url().to_owned(),
+            fleet: running.fleet().clone(),
+            running,
+        }
+    }
+
+    /// Stops the router and waits for its drain.
+    pub(crate) async fn stop(self) {
+        self.running.stop().await.expect("the router stops");
     }
 
     /// Waits until `/ready` answers 200 and `n` workers are registered.
     pub(crate) async fn wait_for_workers(&self, http: &reqwest::Client, n: usize) {
-        wait_until(
+        eventually(
             "the router is ready with every worker registered",
             || async {
                 let ready = http
@@ -92,15 +113,50 @@ impl Router {
                     .send()
                     .await
                     .is_ok_and(|r| r.status().is_success());
-                let registered = self
-                    .fleet
-                    .query(|f| f.workers().filter(|(_, e)| e.info.is_some()).count())
-                    .await
-                    .unwrap_or(0);
+                let registered = self.fleet.stats().await.map_or(0, |s| s.registered);
                 ready && registered == n
             },
         )
         .await;
+    }
+
+    /// Evaluates `cond` now and again each time the router applies a stream message or `tap`
+    /// sees one, until it holds; returns how long that took. Driven by the router's progress
+    /// rather than by a poll period, so the time is as fine as the events themselves. Fails
+    /// after the kit's patience.
+    pub(crate) async fn wait_until<F, Fut>(
+        &self,
+        what: &str,
+        tap: Option<&EventTap>,
+        mut cond: F,
+    ) -> Duration
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let start = Instant::now();
+        loop {
+            // Read both positions before the check, so nothing applied during it is missed.
+            let applied = self.fleet.applied_stream_seq();
+            let tapped = tap.map(EventTap::subscribe);
+            if cond().await {
+                return start.elapsed();
+            }
+            let next = async {
+                let router = self.fleet.wait_applied(applied + 1);
+                match tapped {
+                    Some(mut t) => tokio::select! {
+                        r = router => r.expect("the router runs"),
+                        _ = t.changed() => {}
+                    },
+                    None => router.await.expect("the router runs"),
+                }
+            };
+            let left = patience().saturating_sub(start.elapsed());
+            if tokio::time::timeout(left, next).await.is_err() {
+                panic!("timed out after {:?} waiting until {what}", patience());
+            }
+        }
     }
 
     /// `POST /route`: the decision for `body`, nothing proxied or recorded.
@@ -230,39 +286,61 @@ pub(crate) struct Served {
     pub(crate) cached_tokens: u64,
 }
 
+/// What a tap has seen: messages with their arrival times, and how many digests.
+#[derive(Default)]
+struct Seen {
+    messages: Vec<(Instant, Body)>,
+    digests: usize,
+}
+
 /// Every message one worker's reporter publishes on `kvr.events.<worker>`, as NATS delivers
 /// it to a plain subscriber (the subject the router's stream captures), with its arrival time.
 pub(crate) struct EventTap {
-    seen: Arc<Mutex<Vec<(Instant, Body)>>>,
+    seen: Arc<Mutex<Seen>>,
+    /// Bumped with every message; the digest count rides along in `seen`.
+    count: watch::Receiver<usize>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl EventTap {
     /// Returns once the subscription is registered with the server.
     pub(crate) async fn start(nats: &str, worker: &str) -> EventTap {
-        let client = async_nats::connect(nats).await.expect("tap connects");
-        let subject = NatsArgs::for_url(nats)
-            .subjects()
-            .events(&WorkerId::from(worker));
+        let args = NatsArgs::for_url(nats);
+        let client = cache_router_bus::connect(&args, "bench-event-tap")
+            .await
+            .expect("tap connects");
+        let subject = args.subjects().events(&WorkerId::from(worker));
         let mut sub = client.subscribe(subject).await.expect("subscribe");
         client.flush().await.expect("flush the subscription");
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let (tx, count) = watch::channel(0);
         let s = seen.clone();
         let task = tokio::spawn(async move {
             let _client = client;
             while let Some(msg) = sub.next().await {
                 if let Ok(env) = Envelope::decode(&msg.payload) {
-                    s.lock().unwrap().push((Instant::now(), env.body));
+                    let mut seen = s.lock().unwrap();
+                    seen.digests += usize::from(matches!(env.body, Body::Digest { .. }));
+                    seen.messages.push((Instant::now(), env.body));
+                    tx.send_modify(|n| *n += 1);
                 }
             }
         });
-        EventTap { seen, task }
+        EventTap { seen, count, task }
+    }
+
+    /// A receiver that changes with the next message the tap sees.
+    fn subscribe(&self) -> watch::Receiver<usize> {
+        let mut rx = self.count.clone();
+        rx.mark_unchanged();
+        rx
     }
 
     /// `Removed` messages, blocks they removed, and how many of those are in `of`.
     pub(crate) fn removed(&self, of: &HashSet<BlockHash>) -> (usize, usize, usize) {
         let seen = self.seen.lock().unwrap();
         let blocks: Vec<&BlockHash> = seen
+            .messages
             .iter()
             .filter_map(|(_, b)| match b {
                 Body::Removed { blocks } => Some(blocks),
@@ -271,6 +349,7 @@ impl EventTap {
             .flatten()
             .collect();
         let messages = seen
+            .messages
             .iter()
             .filter(|(_, b)| matches!(b, Body::Removed { .. }))
             .count();
@@ -284,6 +363,7 @@ impl EventTap {
         self.seen
             .lock()
             .unwrap()
+            .messages
             .iter()
             .filter(|(_, b)| matches!(b, Body::Digest { .. }))
             .map(|(t, _)| match t.checked_duration_since(since) {
@@ -294,22 +374,21 @@ impl EventTap {
     }
 
     fn digest_count(&self) -> usize {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, b)| matches!(b, Body::Digest { .. }))
-            .count()
+        self.seen.lock().unwrap().digests
     }
 
-    /// Waits (bounded) for the next digest.
+    /// Waits (bounded by the kit's patience) for the next digest, returning as it arrives.
     pub(crate) async fn next_digest(&self) {
+        let mut rx = self.subscribe();
         let n = self.digest_count();
-        let t = Instant::now();
-        while self.digest_count() == n {
-            assert!(t.elapsed() < PATIENCE, "no digest from the reporter");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let next = async {
+            while self.digest_count() == n {
+                rx.changed().await.expect("the tap runs");
+            }
+        };
+        tokio::time::timeout(patience(), next)
+            .await
+            .expect("no digest from the reporter");
     }
 }
 

@@ -46,7 +46,10 @@ fn steps(samples: &[Sample], t1: f64, f: fn(&Sample) -> u32) -> Vec<(f64, f64)> 
 }
 
 impl Timeline<'_> {
+    /// Draws the PNG. Text is set in the router's embedded font (plotters' `ab_glyph` path has
+    /// no system fonts), registered here first.
     pub(crate) fn draw(&self, path: &Path) -> Result<(), String> {
+        cache_router::plot::register_embedded_font();
         let err = |e: &dyn std::fmt::Display| e.to_string();
         let full = f64::from(self.blocks);
         let t_max = self.samples.last().map_or(1.0, |s| s.t).max(self.bound) * 1.06;
