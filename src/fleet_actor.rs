@@ -19,7 +19,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use cache_router_core::fleet::{Fleet, FleetCounters, ResyncNeeded, Snapshot};
 use cache_router_core::index::{IndexStats, WorkerIdx};
 use cache_router_core::liveness::{Liveness, WorkerLiveness};
-use cache_router_core::protocol::{BlockHash, Envelope, Load, WorkerId, WorkerInfo};
+use cache_router_core::protocol::{
+    BlockHash, Envelope, Load, RouterLoad, WorkerId, WorkerInFlight, WorkerInfo,
+};
+use cache_router_core::policy::WorkerLoad;
 use cache_router_core::routing::{LoadSource, RouteOutcome, RouteRequest, RoutingState};
 
 /// Commands are queued at most this deep; senders wait beyond it (backpressure on ingest).
@@ -62,6 +65,10 @@ pub(crate) enum Command {
     Workers(Instant, oneshot::Sender<Vec<WorkerView>>),
     WorkerBlocks(WorkerId, oneshot::Sender<Vec<BlockHash>>),
     Stats(oneshot::Sender<FleetStats>),
+    /// Another router's in-flight report, received at the instant given.
+    PeerLoad(RouterLoad, Instant),
+    /// What this router has in flight, per registered worker (for its own report).
+    InFlight(oneshot::Sender<Vec<WorkerInFlight>>),
     /// Ends the thread.
     Stop,
 }
@@ -181,6 +188,11 @@ impl FleetHandle {
     /// Counters and sizes.
     pub async fn stats(&self) -> Result<FleetStats, FleetOffline> {
         self.ask(Command::Stats).await
+    }
+
+    /// What this router has in flight, per registered worker with anything in flight.
+    pub(crate) async fn in_flight(&self) -> Result<Vec<WorkerInFlight>, FleetOffline> {
+        self.ask(Command::InFlight).await
     }
 
     /// The last stream sequence applied.
@@ -374,9 +386,51 @@ impl Actor {
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
+            Command::PeerLoad(report, at) => self.peer_load(report, at),
+            Command::InFlight(reply) => {
+                let _ = reply.send(self.in_flight());
+            }
             Command::Stop => return false,
         }
         true
+    }
+
+    fn peer_load(&mut self, report: RouterLoad, at: Instant) {
+        let loads = report
+            .workers
+            .iter()
+            .filter_map(|w| {
+                let slot = self.fleet.worker(&w.worker)?.idx;
+                let finite = |v: f64| if v.is_finite() { v.max(0.0) } else { 0.0 };
+                Some((
+                    slot,
+                    WorkerLoad {
+                        prefill_blocks: finite(w.prefill_blocks),
+                        decode_requests: finite(w.decoding),
+                        requests: w.requests,
+                    },
+                ))
+            })
+            .collect();
+        if !self.parts.routing.peers_mut().update(&report.router.0, at, loads) {
+            tracing::warn!(router = %report.router, "too many routers report load: ignored");
+        }
+    }
+
+    fn in_flight(&self) -> Vec<WorkerInFlight> {
+        self.fleet
+            .workers()
+            .filter(|(_, e)| e.info.is_some())
+            .filter_map(|(id, e)| {
+                let l = self.parts.loads.load(e.idx);
+                (l.requests > 0).then(|| WorkerInFlight {
+                    worker: id.clone(),
+                    requests: l.requests,
+                    prefill_blocks: l.prefill_blocks,
+                    decoding: l.decode_requests,
+                })
+            })
+            .collect()
     }
 
     fn workers(&self, now: Instant) -> Vec<WorkerView> {

@@ -34,6 +34,18 @@ enum Command {
     /// router per policy, and a chat + RAG (or Mooncake trace) replay through it; prints a
     /// policy comparison and writes PNG plots. Ctrl-C stops every child cleanly.
     Demo(Box<cache_router::demo::DemoArgs>),
+    /// GET a URL and exit 0 on a 2xx answer, 1 otherwise: the container healthcheck of an
+    /// image that has no shell or curl (e.g. `probe http://127.0.0.1:8080/ready`).
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ProbeArgs {
+    /// The URL to GET.
+    url: String,
+    /// Give up after this long, e.g. 2s.
+    #[arg(long, default_value = "2s", value_parser = cache_router::flags::duration::ms)]
+    timeout: std::time::Duration,
 }
 
 /// Exit code for a configuration error (BSD `EX_USAGE`), as linkerd does.
@@ -50,6 +62,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => run_sim(&args),
         Command::MockWorker(args) => run_mock_worker(*args),
         Command::Demo(args) => run_demo(*args),
+        Command::Probe(args) => probe(&args),
     }
 }
 
@@ -117,6 +130,34 @@ fn run_mock_worker(args: cache_router::mock::MockWorkerArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn probe(args: &ProbeArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(args.timeout)
+            .no_proxy()
+            .build()?;
+        client.get(&args.url).send().await
+    });
+    match outcome {
+        Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("{}: {}", args.url, r.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", args.url);
             ExitCode::FAILURE
         }
     }

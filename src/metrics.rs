@@ -79,7 +79,11 @@ pub(crate) struct PlaneMetrics {
     bad_messages: Family<ReasonLabel, Counter>,
     pub(crate) replayed: Counter,
     pub(crate) load_messages: Counter,
+    /// Other routers' in-flight reports applied.
+    pub(crate) router_load_messages: Counter,
     pub(crate) registry_errors: Counter,
+    /// Registry sweeps that found lapsed entries but purged none (the registry in trouble).
+    pub(crate) registry_suspended: Counter,
     resync_fetches: Family<ResultLabel, Counter>,
     /// Duration of the last successful resync fetch, in microseconds.
     pub(crate) resync_last_us: Gauge,
@@ -227,9 +231,19 @@ impl RouterMetrics {
             p.load_messages.clone(),
         );
         r.register(
+            "cache_router_router_load_messages",
+            "Other routers' in-flight reports applied",
+            p.router_load_messages.clone(),
+        );
+        r.register(
             "cache_router_registry_errors",
             "Registry entries rejected",
             p.registry_errors.clone(),
+        );
+        r.register(
+            "cache_router_registry_suspended",
+            "Registry sweeps that kept lapsed workers routable (registry unreachable or most workers lapsing at once)",
+            p.registry_suspended.clone(),
         );
         r.register(
             "cache_router_resync_fetches",

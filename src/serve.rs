@@ -100,6 +100,14 @@ pub(crate) struct ServeArgs {
     /// Timeout of one resync attempt, e.g. 5s (a bare number is milliseconds).
     #[arg(long = "resync-timeout", alias = "resync-timeout-ms", env = "CACHE_ROUTER_RESYNC_TIMEOUT_MS", default_value = "5s", value_parser = duration::ms)]
     resync_timeout: Duration,
+    /// This router's id in the in-flight reports the routers of a fleet exchange
+    /// (`[A-Za-z0-9_-]`; default: the host name, else `router-<pid>`).
+    #[arg(long, env = "CACHE_ROUTER_ID")]
+    router_id: Option<String>,
+    /// How often to publish this router's in-flight load to the other routers, e.g. 250ms;
+    /// 0 turns load sharing off.
+    #[arg(long, env = "CACHE_ROUTER_LOAD_SHARE_INTERVAL", default_value = "250ms", value_parser = duration::ms)]
+    load_share_interval: Duration,
     /// Memory bound of the index, in (worker, block) entries (0 = unbounded).
     #[arg(
         long,
@@ -229,6 +237,8 @@ impl ServeArgs {
                 snapshot_every: self.snapshot_every,
                 snapshot_interval: self.snapshot_interval,
                 resync_timeout: self.resync_timeout,
+                router_id: self.router_id.clone().unwrap_or_else(default_router_id),
+                load_share_interval: self.load_share_interval,
             });
         }
         config.validate().map_err(|e| match e {
@@ -236,6 +246,25 @@ impl ServeArgs {
             other => ServeError::Usage(other.to_string()),
         })?;
         Ok(config)
+    }
+}
+
+/// The host name (as a container's is), made subject-safe, else `router-<pid>`.
+fn default_router_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .unwrap_or_default();
+    let id: String = host
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .take(128)
+        .collect();
+    if id.is_empty() {
+        format!("router-{}", std::process::id())
+    } else {
+        id
     }
 }
 

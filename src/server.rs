@@ -16,7 +16,7 @@ use cache_router_core::fleet::{Fleet, FleetConfig};
 use cache_router_core::index::IndexConfig;
 use cache_router_core::liveness::{EjectionPolicy, Liveness};
 use cache_router_core::policy::{PolicyConfig, PolicyKind};
-use cache_router_core::protocol::WorkerInfo;
+use cache_router_core::protocol::{WorkerId, WorkerInfo};
 use cache_router_core::routing::RoutingSetup;
 
 use crate::fleet_actor::{self, ActorParts, ActorThread, FleetHandle};
@@ -37,6 +37,11 @@ pub struct NatsConfig {
     pub snapshot_interval: Duration,
     /// Timeout of one resync attempt.
     pub resync_timeout: Duration,
+    /// This router's id in the load reports routers exchange (`[A-Za-z0-9_-]`).
+    pub router_id: String,
+    /// How often this router publishes its in-flight load for the others; zero turns load
+    /// sharing off. Another router's report counts for four intervals (at least 1 s).
+    pub load_share_interval: Duration,
 }
 
 impl NatsConfig {
@@ -48,6 +53,8 @@ impl NatsConfig {
             snapshot_every: 100_000,
             snapshot_interval: Duration::from_secs(30),
             resync_timeout: Duration::from_secs(5),
+            router_id: format!("router-{}", std::process::id()),
+            load_share_interval: Duration::from_millis(250),
         }
     }
 }
@@ -136,18 +143,24 @@ impl RouterConfig {
             if n.resync_timeout.is_zero() {
                 return bad("--resync-timeout must be positive");
             }
-            if n.limits.registry_ttl < Duration::from_millis(100) {
-                return bad("--registry-ttl must be at least 100ms");
-            }
+            n.limits.validate()?;
+            WorkerId(n.router_id.clone())
+                .validate()
+                .map_err(|e| RouterError::Config(format!("--router-id: {e}")))?;
         }
         Ok(())
     }
 
     fn routing(&self) -> RoutingSetup {
+        let share = self
+            .nats
+            .as_ref()
+            .map_or(Duration::ZERO, |n| n.load_share_interval);
         RoutingSetup {
             policy: self.policy,
             config: self.policy_config.clone(),
             speculation: self.speculation,
+            peer_load_ttl: (share * 4).max(Duration::from_secs(1)),
         }
     }
 
@@ -228,6 +241,8 @@ impl Router {
                     snapshot_every: n.snapshot_every,
                     snapshot_interval: n.snapshot_interval,
                     resync_timeout: n.resync_timeout,
+                    router_id: WorkerId(n.router_id.clone()),
+                    load_share_interval: n.load_share_interval,
                 };
                 let plane = plane::start(
                     client.clone(),
@@ -295,17 +310,25 @@ impl Router {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "router listening");
         }
-        let server = tokio::spawn(http::serve(
-            listener,
-            http::app(self.state.clone()),
-            shutdown.clone(),
-        ));
-        shutdown.cancelled().await;
+        // Not spawned: dropping this future (an aborted router) drops the server with it.
+        let server = http::serve(listener, http::app(self.state.clone()), shutdown.clone());
+        tokio::pin!(server);
+        let ended = tokio::select! {
+            r = &mut server => {
+                if let Err(e) = r {
+                    tracing::warn!("http server: {e}");
+                }
+                true
+            }
+            _ = shutdown.cancelled() => false,
+        };
         tracing::info!("shutting down (grace {:?})", self.grace);
-        match tokio::time::timeout(self.grace, server).await {
-            Ok(Ok(Err(e))) => tracing::warn!("http server: {e}"),
-            Err(_) => tracing::warn!("http server did not drain within the grace period"),
-            _ => {}
+        if !ended {
+            match tokio::time::timeout(self.grace, &mut server).await {
+                Ok(Err(e)) => tracing::warn!("http server: {e}"),
+                Err(_) => tracing::warn!("http server did not drain within the grace period"),
+                Ok(Ok(())) => {}
+            }
         }
         match self.source {
             Source::Nats(plane, client) => {
@@ -378,6 +401,18 @@ impl RunningRouter {
 
     pub fn counters(&self) -> &RouterCounters {
         &self.counters
+    }
+
+    /// Ends the router at once, without draining or writing a final snapshot: what a crash
+    /// leaves behind (tests of recovery).
+    pub async fn abort(mut self) {
+        if let Some(guard) = self.stop.take() {
+            guard.disarm();
+        }
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
     }
 
     /// Stops the router and waits for its drain (final snapshot included).

@@ -1,13 +1,15 @@
-//! Tests of the test kit's real-`nats-server` fixture (`tests/kit/src/nats.rs`): core pub/sub works on the
-//! URL it hands out, JetStream data survives `stop()` + `restart()` on the same port and store,
-//! clients reconnect, and dropping it kills the server and removes its store.
+//! Tests of the test kit's real-`nats-server` fixture (`tests/kit/src/nats/`), on both of its
+//! backends (a local process; a container of the locally built image, where Docker runs): core
+//! pub/sub works on the URL it hands out, JetStream data survives `stop()` + `restart()` on
+//! the same port and store, clients reconnect, and dropping it removes the server and its
+//! store.
 
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectOptions, Event};
-use cache_router_testkit::nats::NatsServer;
+use cache_router_testkit::nats::{self, Backend, NatsServer};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -67,15 +69,28 @@ async fn wait_for_event(
     );
 }
 
+/// The container backend runs where Docker answers and the image is built (in CI it is
+/// required); elsewhere these tests say so and check the local backend only.
+fn container_backend() -> Option<Backend> {
+    if nats::backend() == Backend::Container {
+        Some(Backend::Container)
+    } else {
+        eprintln!("no container backend here: its tests check nothing (see the line above)");
+        None
+    }
+}
+
 #[tokio::test]
 async fn core_publish_subscribe_round_trip() {
     let server = NatsServer::start();
     assert_ne!(server.port(), 0);
     assert_eq!(server.url(), format!("nats://127.0.0.1:{}", server.port()));
-    assert!(server.store_dir().is_dir());
 
     let client = connect(&server.url()).await;
-    assert_eq!(client.server_info().port, server.port());
+    if server.backend() == Backend::Local {
+        // A container's server listens on 4222 inside; the fixture publishes another port.
+        assert_eq!(client.server_info().port, server.port());
+    }
     assert!(
         client.server_info().jetstream,
         "the fixture enables JetStream"
@@ -118,8 +133,20 @@ async fn core_publish_subscribe_round_trip() {
 }
 
 #[tokio::test]
-async fn jetstream_data_survives_restart_on_same_port_and_store() {
-    let mut server = NatsServer::start();
+async fn jetstream_data_survives_restart_on_same_port_and_store_locally() {
+    jetstream_data_survives_restart(Backend::Local).await;
+}
+
+#[tokio::test]
+async fn jetstream_data_survives_restart_on_same_port_and_store_in_a_container() {
+    if let Some(b) = container_backend() {
+        jetstream_data_survives_restart(b).await;
+    }
+}
+
+async fn jetstream_data_survives_restart(backend: Backend) {
+    let mut server = NatsServer::start_on(backend);
+    let local = backend == Backend::Local;
     let (url, port) = (server.url(), server.port());
 
     // This client stays connected across the restart and must reconnect by itself.
@@ -155,14 +182,16 @@ async fn jetstream_data_survives_restart_on_same_port_and_store() {
     assert_eq!(ack.stream, "FIXTURE");
     assert_eq!(ack.sequence, 1);
     assert_eq!(created.info().await.unwrap().state.messages, 1);
-    let stream_dir = server.store_dir().join("jetstream");
-    assert!(
-        stream_dir.is_dir(),
-        "JetStream writes under {}",
-        stream_dir.display()
-    );
+    if local {
+        let stream_dir = server.store_dir().unwrap().join("jetstream");
+        assert!(
+            stream_dir.is_dir(),
+            "JetStream writes under {}",
+            stream_dir.display()
+        );
+    }
 
-    let old_pid = server.pid().expect("running");
+    let old_pid = server.pid();
     server.stop();
     assert!(!server.is_running());
     assert_eq!(server.pid(), None);
@@ -170,17 +199,21 @@ async fn jetstream_data_survives_restart_on_same_port_and_store() {
         matches!(e, Event::Disconnected)
     })
     .await;
-    assert!(
-        server.store_dir().join("jetstream").is_dir(),
-        "stop() keeps the store"
-    );
+    if local {
+        assert!(
+            server.store_dir().unwrap().join("jetstream").is_dir(),
+            "stop() keeps the store"
+        );
+    }
 
     server.restart();
     assert!(server.is_running());
-    assert_ne!(server.pid(), Some(old_pid), "a new process");
+    if local {
+        assert_ne!(server.pid(), old_pid, "a new process");
+        assert!(server.log_tail().contains("--- fixture: restart on port"));
+    }
     assert_eq!(server.port(), port);
     assert_eq!(server.url(), url);
-    assert!(server.log_tail().contains("--- fixture: restart on port"));
 
     // A new client on the same URL finds the stream and its message, read back from disk.
     let new_client = connect(&url).await;
@@ -222,8 +255,8 @@ async fn jetstream_data_survives_restart_on_same_port_and_store() {
 
 #[test]
 fn drop_kills_the_server_and_removes_the_store() {
-    let server = NatsServer::start();
-    let dir = server.store_dir().to_path_buf();
+    let server = NatsServer::start_on(Backend::Local);
+    let dir = server.store_dir().unwrap().to_path_buf();
     let pid = server.pid().expect("running");
     assert!(dir.is_dir());
     assert!(server.log_tail().contains("Server is ready"));
@@ -242,9 +275,27 @@ fn drop_kills_the_server_and_removes_the_store() {
 }
 
 #[test]
+fn dropping_a_container_removes_it() {
+    let Some(b) = container_backend() else { return };
+    let server = NatsServer::start_on(b);
+    let id = server.container_id().unwrap().to_owned();
+    let exists = |id: &str| {
+        std::process::Command::new("docker")
+            .args(["container", "inspect", id])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    assert!(exists(&id), "container {id} runs");
+    drop(server);
+    assert!(!exists(&id), "container {id} removed with its store");
+}
+
+#[test]
 fn servers_started_together_get_their_own_ports_and_stores() {
-    let a = NatsServer::start();
-    let b = NatsServer::start();
+    let a = NatsServer::start_on(Backend::Local);
+    let b = NatsServer::start_on(Backend::Local);
     assert_ne!(a.port(), b.port());
     assert_ne!(a.store_dir(), b.store_dir());
 }
@@ -252,7 +303,7 @@ fn servers_started_together_get_their_own_ports_and_stores() {
 #[test]
 #[should_panic(expected = "still in use after 8 attempts")]
 fn restart_reports_a_port_taken_while_stopped() {
-    let mut server = NatsServer::start();
+    let mut server = NatsServer::start_on(Backend::Local);
     server.stop();
     // Another listener takes the port while the server is down: the fixture retries with a
     // backoff (a few seconds in all), then fails with a clear message instead of hanging.

@@ -81,6 +81,9 @@ impl NatsArgs {
                 self.prefix
             )));
         }
+        if let Some(url) = &self.url {
+            crate::connect::server_list(url)?;
+        }
         if self.nats_timeout.is_zero() {
             return Err(BusError::Config("--nats-timeout must be positive".into()));
         }
@@ -118,6 +121,27 @@ pub struct StreamArgs {
         value_parser = duration::ms
     )]
     pub registry_ttl: Duration,
+    /// Replicas of the event stream, the registry bucket and the snapshot store (a JetStream
+    /// cluster keeps each on this many servers; 1 on a single server).
+    #[arg(long, env = "CACHE_ROUTER_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
+}
+
+impl StreamArgs {
+    pub fn validate(&self) -> Result<(), BusError> {
+        if !(1..=5).contains(&self.nats_replicas) {
+            return Err(BusError::Config(format!(
+                "--nats-replicas must be 1..=5 (JetStream's limit), got {}",
+                self.nats_replicas
+            )));
+        }
+        if self.registry_ttl < Duration::from_millis(100) {
+            return Err(BusError::Config(
+                "--registry-ttl must be at least 100ms".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for StreamArgs {
@@ -126,6 +150,7 @@ impl Default for StreamArgs {
             stream_max_age: Duration::from_secs(3600),
             stream_max_bytes: 1 << 30,
             registry_ttl: Duration::from_secs(10),
+            nats_replicas: 1,
         }
     }
 }

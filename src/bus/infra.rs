@@ -40,6 +40,7 @@ pub async fn ensure_infra(
             max_age: limits.stream_max_age,
             max_bytes: limits.stream_max_bytes,
             storage: stream::StorageType::File,
+            num_replicas: limits.nats_replicas,
             ..Default::default()
         })
         .await
@@ -54,6 +55,7 @@ pub async fn ensure_infra(
                 // by the router from each entry's age.
                 max_age: limits.registry_ttl.saturating_mul(3),
                 storage: stream::StorageType::File,
+                num_replicas: limits.nats_replicas,
                 ..Default::default()
             })
             .await
@@ -65,6 +67,7 @@ pub async fn ensure_infra(
             .create_object_store(object_store::Config {
                 bucket: subjects.snapshot_store(),
                 storage: stream::StorageType::File,
+                num_replicas: limits.nats_replicas,
                 ..Default::default()
             })
             .await
@@ -78,3 +81,26 @@ pub async fn ensure_infra(
     })
 }
 
+
+/// [`ensure_infra`], retried with backoff until it succeeds (the servers may still be starting,
+/// or a cluster still electing its leader) or `shutdown` fires (None).
+pub async fn wait_for_infra(
+    client: &Client,
+    subjects: &Subjects,
+    limits: &StreamArgs,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<Infra> {
+    let mut attempt = 0;
+    loop {
+        match ensure_infra(client, subjects, limits).await {
+            Ok(infra) => return Some(infra),
+            Err(e) => {
+                tracing::warn!("JetStream not usable yet: {e}; retrying");
+                let backoff = cache_router_core::backoff::Backoff::NETWORK;
+                if !crate::retry::pause(&backoff, &mut attempt, shutdown).await {
+                    return None;
+                }
+            }
+        }
+    }
+}

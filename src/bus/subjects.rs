@@ -31,6 +31,15 @@ impl Subjects {
         format!("{}.load.*", self.prefix)
     }
 
+    /// A router's in-flight report (core NATS): `<prefix>.router-load.<router>`.
+    pub fn router_load(&self, router: &WorkerId) -> String {
+        format!("{}.router-load.{}", self.prefix, router)
+    }
+
+    pub fn router_load_all(&self) -> String {
+        format!("{}.router-load.*", self.prefix)
+    }
+
     pub fn sync(&self, w: &WorkerId) -> String {
         format!("{}.sync.{}", self.prefix, w)
     }

@@ -17,6 +17,8 @@
 //!   gap, epoch and digest resyncs, registry, snapshots.
 //! - [`routing`]: one routing decision (candidates, overlaps + speculation, load, liveness,
 //!   policy).
+//! - [`leases`]: which workers' registry entries lapsed, and when a router must not believe
+//!   it (registry unreachable, most workers lapsing at once).
 //! - [`liveness`]: which workers the proxy has ejected after failures, with exponential
 //!   backoff; read by routing so a dry run never ranks an ejected worker first.
 //! - [`kv_events`]: vLLM's native KV-cache events: the msgpack reader and writer, the
@@ -36,6 +38,7 @@ pub mod fleet;
 pub mod hashing;
 pub mod index;
 pub mod kv_events;
+pub mod leases;
 pub mod liveness;
 pub mod policy;
 pub mod prom_text;

@@ -232,6 +232,29 @@ pub struct SyncChunk {
     pub entries: Vec<(BlockHash, Option<BlockHash>)>,
 }
 
+/// What one router has in flight to each worker, published a few times a second on core NATS
+/// (`<prefix>.router-load.<router>`) so that every router of a fleet counts the others'
+/// requests, not only its own. Workers with nothing in flight are left out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouterLoad {
+    pub version: u16,
+    /// The publishing router's id (also the last subject token).
+    pub router: WorkerId,
+    pub ts_ms: u64,
+    pub workers: Vec<WorkerInFlight>,
+}
+
+/// One worker's share of a [`RouterLoad`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInFlight {
+    pub worker: WorkerId,
+    pub requests: u32,
+    /// Uncached prefill blocks of requests not yet past their first byte.
+    pub prefill_blocks: f64,
+    /// Requests decoding.
+    pub decoding: f64,
+}
+
 /// A worker's registry entry (JSON in the registry KV bucket, keyed by worker id).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerInfo {

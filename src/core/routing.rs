@@ -45,6 +45,124 @@ pub fn combined_load(ours: WorkerLoad, reported: Option<&Load>) -> WorkerLoad {
     }
 }
 
+/// What the other routers of a fleet have in flight to each worker, from their load reports.
+///
+/// Without it every router counts only its own requests, so N routers all see the same idle
+/// worker as least loaded and pile onto it. Each router's latest report replaces its previous
+/// one; a report older than `ttl` (its router stopped or lost NATS) no longer counts. The
+/// per-worker totals are kept summed, so a decision reads one slot per candidate.
+#[derive(Debug)]
+pub struct PeerLoads {
+    ttl: Duration,
+    reports: std::collections::HashMap<String, PeerReport>,
+    /// Sum over the live reports, by worker slot.
+    totals: Vec<WorkerLoad>,
+    /// When the oldest live report expires (a recount is due then).
+    next_expiry: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct PeerReport {
+    at: Instant,
+    loads: Vec<(WorkerIdx, WorkerLoad)>,
+}
+
+/// Peers' reports kept at most (a fleet has a handful of routers; a flood of fake ids must
+/// not grow memory).
+pub const MAX_PEER_ROUTERS: usize = 256;
+
+impl PeerLoads {
+    pub fn new(ttl: Duration) -> Self {
+        PeerLoads {
+            ttl,
+            reports: std::collections::HashMap::new(),
+            totals: Vec::new(),
+            next_expiry: None,
+        }
+    }
+
+    /// Records `router`'s report received at `at`; false when it was refused (too many
+    /// routers).
+    pub fn update(&mut self, router: &str, at: Instant, loads: Vec<(WorkerIdx, WorkerLoad)>) -> bool {
+        if !self.reports.contains_key(router) && self.reports.len() >= MAX_PEER_ROUTERS {
+            self.expire(at);
+            if self.reports.len() >= MAX_PEER_ROUTERS {
+                return false;
+            }
+        }
+        self.reports
+            .insert(router.to_owned(), PeerReport { at, loads });
+        self.recount(at);
+        true
+    }
+
+    /// The other routers' load on `w` as of `now`.
+    pub fn load(&mut self, w: WorkerIdx, now: Instant) -> WorkerLoad {
+        if self.next_expiry.is_some_and(|t| now >= t) {
+            self.expire(now);
+        }
+        self.totals.get(w.get()).copied().unwrap_or_default()
+    }
+
+    /// Drops a worker that left from every report.
+    pub fn forget_worker(&mut self, w: WorkerIdx) {
+        for r in self.reports.values_mut() {
+            r.loads.retain(|(x, _)| *x != w);
+        }
+        if let Some(t) = self.totals.get_mut(w.get()) {
+            *t = WorkerLoad::default();
+        }
+    }
+
+    /// Routers whose reports count at `now`.
+    pub fn routers(&self, now: Instant) -> usize {
+        self.reports
+            .values()
+            .filter(|r| now.saturating_duration_since(r.at) < self.ttl)
+            .count()
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let ttl = self.ttl;
+        self.reports
+            .retain(|_, r| now.saturating_duration_since(r.at) < ttl);
+        self.recount(now);
+    }
+
+    fn recount(&mut self, now: Instant) {
+        for t in &mut self.totals {
+            *t = WorkerLoad::default();
+        }
+        self.next_expiry = None;
+        for r in self.reports.values() {
+            if now.saturating_duration_since(r.at) >= self.ttl {
+                continue;
+            }
+            let expiry = r.at + self.ttl;
+            self.next_expiry = Some(self.next_expiry.map_or(expiry, |e| e.min(expiry)));
+            for (w, l) in &r.loads {
+                let i = w.get();
+                if self.totals.len() <= i {
+                    self.totals.resize(i + 1, WorkerLoad::default());
+                }
+                let t = &mut self.totals[i];
+                t.prefill_blocks += l.prefill_blocks;
+                t.decode_requests += l.decode_requests;
+                t.requests = t.requests.saturating_add(l.requests);
+            }
+        }
+    }
+}
+
+/// This router's load plus the other routers'.
+fn with_peers(ours: WorkerLoad, peers: WorkerLoad) -> WorkerLoad {
+    WorkerLoad {
+        prefill_blocks: ours.prefill_blocks + peers.prefill_blocks,
+        decode_requests: ours.decode_requests + peers.decode_requests,
+        requests: ours.requests.saturating_add(peers.requests),
+    }
+}
+
 /// What to route.
 #[derive(Clone, Debug)]
 pub struct RouteRequest {
@@ -101,6 +219,8 @@ pub struct RoutingSetup {
     pub config: crate::policy::PolicyConfig,
     /// Speculation: `(max recorded positions, TTL, stride)`; None disables it.
     pub speculation: Option<(u64, Duration, usize)>,
+    /// How long another router's in-flight report counts.
+    pub peer_load_ttl: Duration,
 }
 
 impl Default for RoutingSetup {
@@ -109,17 +229,20 @@ impl Default for RoutingSetup {
             policy: PolicyKind::CacheAware,
             config: crate::policy::PolicyConfig::default(),
             speculation: Some((1_000_000, Duration::from_secs(2), 4)),
+            peer_load_ttl: Duration::from_secs(2),
         }
     }
 }
 
 impl RoutingSetup {
     pub fn build(&self) -> RoutingState {
-        RoutingState::new(
+        let mut state = RoutingState::new(
             Policy::new(self.policy, self.config.clone()),
             self.speculation
                 .map(|(cap, ttl, stride)| Speculation::new(cap, ttl, stride)),
-        )
+        );
+        state.peers = PeerLoads::new(self.peer_load_ttl);
+        state
     }
 }
 
@@ -128,6 +251,7 @@ impl RoutingSetup {
 pub struct RoutingState {
     policy: Policy,
     speculation: Option<Speculation>,
+    peers: PeerLoads,
     scratch: LookupScratch,
     overlaps: Vec<Overlap>,
     spec: Vec<(WorkerIdx, u32)>,
@@ -140,6 +264,7 @@ impl RoutingState {
         RoutingState {
             policy,
             speculation,
+            peers: PeerLoads::new(Duration::from_secs(2)),
             scratch: LookupScratch::default(),
             overlaps: Vec::new(),
             spec: Vec::new(),
@@ -166,18 +291,20 @@ impl RoutingState {
                     ejected += 1;
                     continue;
                 }
+                let ours = with_peers(loads.load(e.idx), self.peers.load(e.idx, req.now));
                 self.candidates.push(Candidate {
                     worker: e.idx,
-                    load: combined_load(loads.load(e.idx), e.load.as_ref()),
+                    load: combined_load(ours, e.load.as_ref()),
                 });
             }
         }
         if self.candidates.is_empty() && ejected > 0 {
             for (_, e) in fleet.workers() {
                 if e.info.as_ref().is_some_and(|i| i.model == req.model) {
+                    let ours = with_peers(loads.load(e.idx), self.peers.load(e.idx, req.now));
                     self.candidates.push(Candidate {
                         worker: e.idx,
-                        load: combined_load(loads.load(e.idx), e.load.as_ref()),
+                        load: combined_load(ours, e.load.as_ref()),
                     });
                 }
             }
@@ -258,9 +385,15 @@ impl RoutingState {
         }
     }
 
+    /// The other routers' in-flight reports.
+    pub fn peers_mut(&mut self) -> &mut PeerLoads {
+        &mut self.peers
+    }
+
     /// Forgets per-worker state of a worker that left.
     pub fn forget_worker(&mut self, w: WorkerIdx) {
         self.policy.forget_worker(w);
+        self.peers.forget_worker(w);
         if let Some(spec) = &self.speculation {
             spec.forget_worker(w);
         }
@@ -417,6 +550,73 @@ mod tests {
         let out = r.route(&f, &NoLoad, &live, &q);
         assert_eq!(out.candidates.len(), 2, "all ejected: all are tried");
         assert_eq!(out.chosen().unwrap().worker, WorkerId::from("b"));
+    }
+
+    #[test]
+    fn peer_loads_sum_across_routers_and_expire() {
+        let t0 = Instant::now();
+        let mut p = PeerLoads::new(Duration::from_secs(2));
+        let (a, b) = (WorkerIdx::new(0).unwrap(), WorkerIdx::new(3).unwrap());
+        let l = |r: u32, pf: f64| WorkerLoad {
+            prefill_blocks: pf,
+            decode_requests: 0.0,
+            requests: r,
+        };
+        assert!(p.update("r1", t0, vec![(a, l(2, 10.0)), (b, l(1, 4.0))]));
+        assert!(p.update("r2", t0 + Duration::from_secs(1), vec![(a, l(3, 5.0))]));
+        assert_eq!(p.load(a, t0 + Duration::from_secs(1)), l(5, 15.0));
+        assert_eq!(p.routers(t0 + Duration::from_secs(1)), 2);
+        // r1's newer report replaces its old one.
+        assert!(p.update("r1", t0 + Duration::from_secs(1), vec![(b, l(1, 1.0))]));
+        assert_eq!(p.load(a, t0 + Duration::from_secs(1)), l(3, 5.0));
+        assert_eq!(p.load(b, t0 + Duration::from_secs(1)), l(1, 1.0));
+        // Both reports are from t0+1 s: gone at t0+3 s.
+        assert_eq!(p.load(a, t0 + Duration::from_secs(3)), WorkerLoad::default());
+        assert_eq!(p.routers(t0 + Duration::from_secs(3)), 0);
+        // A departed worker is forgotten.
+        p.update("r3", t0 + Duration::from_secs(3), vec![(a, l(1, 1.0))]);
+        p.forget_worker(a);
+        assert_eq!(p.load(a, t0 + Duration::from_secs(3)), WorkerLoad::default());
+    }
+
+    #[test]
+    fn peer_reports_are_bounded() {
+        let t0 = Instant::now();
+        let mut p = PeerLoads::new(Duration::from_secs(2));
+        for i in 0..MAX_PEER_ROUTERS {
+            assert!(p.update(&format!("r{i}"), t0, Vec::new()));
+        }
+        assert!(!p.update("one-too-many", t0, Vec::new()));
+        assert!(p.update("r0", t0, Vec::new()), "a known router still updates");
+        // Once the old ones expire there is room again.
+        assert!(p.update("late", t0 + Duration::from_secs(5), Vec::new()));
+    }
+
+    #[test]
+    fn another_routers_in_flight_steers_a_new_prefix_away() {
+        let f = fleet();
+        let mut r = RoutingState::new(
+            Policy::new(PolicyKind::CacheAware, PolicyConfig::default()),
+            None,
+        );
+        let q = req("m", &[1, 2, 3, 4]);
+        let first = r.route(&f, &NoLoad, &live(), &q).chosen().unwrap().worker.clone();
+        let slot = f.worker(&first).unwrap().idx;
+        // Another router has a long prefill queued on that worker.
+        r.peers_mut().update(
+            "peer",
+            q.now,
+            vec![(
+                slot,
+                WorkerLoad {
+                    prefill_blocks: 100.0,
+                    decode_requests: 1.0,
+                    requests: 1,
+                },
+            )],
+        );
+        let second = r.route(&f, &NoLoad, &live(), &q).chosen().unwrap().worker.clone();
+        assert_ne!(first, second, "the peer's load counts");
     }
 
     #[test]

@@ -19,6 +19,10 @@ use crate::proxy::Target;
 /// Bodies up to this size are tokenized on the async worker itself.
 const INLINE_TOKENIZE_BYTES: usize = 4096;
 
+/// How long a request that arrives before the router is ready (still replaying the stream or
+/// reading the registry, right after a restart) waits for it rather than failing.
+const READY_HOLD: Duration = Duration::from_secs(5);
+
 /// A parsed, tokenized, routed request.
 pub(super) struct Routed {
     pub(super) outcome: RouteOutcome,
@@ -54,6 +58,9 @@ pub(super) async fn decide(
     dry_run: bool,
 ) -> Result<Routed, ApiError> {
     let parsed = openai::parse(endpoint, body)?;
+    if !dry_run && !state.fleet.is_ready() {
+        let _ = tokio::time::timeout(READY_HOLD, state.fleet.wait_ready()).await;
+    }
     let tok = state
         .models
         .get(&parsed.model)

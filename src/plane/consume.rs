@@ -3,9 +3,11 @@
 //! An ordered consumer is recreated after any error (with backoff) at the next sequence not
 //! yet received, so a NATS outage loses nothing the stream still holds. Each message is
 //! decoded here, off the actor's thread; what cannot be applied is counted and passed on as a
-//! skipped sequence number so the actor's applied position still advances.
+//! skipped sequence number so the actor's applied position still advances. A consumer that
+//! falls silent while the stream moves on is recreated (see [`STALL_CHECK`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use futures::{FutureExt, StreamExt};
@@ -20,6 +22,21 @@ use crate::metrics::{BadMessage, PlaneMetrics};
 
 /// Most messages handed to the actor in one command.
 const BATCH: usize = 512;
+
+/// How often a quiet consumer checks that the stream has nothing it has not delivered. An
+/// ordered consumer whose server went away (a node killed or cut off, the client failed over
+/// to another) can stay silent instead of failing; the stream's own last sequence tells.
+const STALL_CHECK: Duration = Duration::from_secs(1);
+
+/// Whether the stream holds messages at or after `next_seq` (asked with a timeout; an
+/// unreachable stream is not "ahead": the consumer's own errors cover that).
+async fn stream_is_ahead(infra: &Infra, next_seq: u64) -> bool {
+    let mut stream = infra.stream.clone();
+    match tokio::time::timeout(STALL_CHECK * 2, stream.info()).await {
+        Ok(Ok(info)) => info.state.last_sequence >= next_seq,
+        _ => false,
+    }
+}
 
 pub(super) async fn run(
     infra: Infra,
@@ -59,11 +76,22 @@ pub(super) async fn run(
             }
         };
         attempt = 0;
+        let mut watchdog = tokio::time::interval(STALL_CHECK);
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_message = tokio::time::Instant::now();
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => break 'outer,
                 m = messages.next() => m,
+                _ = watchdog.tick() => {
+                    if last_message.elapsed() >= STALL_CHECK && stream_is_ahead(&infra, next_seq).await {
+                        tracing::warn!(next_seq, "event consumer stalled behind the stream; recreating it");
+                        continue 'outer;
+                    }
+                    continue;
+                }
             };
+            last_message = tokio::time::Instant::now();
             let mut batch: Vec<StreamItem> = Vec::new();
             let mut item = first;
             loop {

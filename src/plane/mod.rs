@@ -6,15 +6,17 @@
 //! - [`resync`]: fetching a worker's whole set when the fleet asks for it;
 //! - [`registry_watch`]: the registry bucket (workers joining, leaving, expiring);
 //! - [`load_watch`]: load reports on core NATS;
-//! - [`snapshots`]: periodic snapshots, and the final one on shutdown.
+//! - [`snapshots`]: periodic snapshots, and the final one on shutdown;
+//! - [`router_load`]: this router's in-flight report out, the other routers' in.
 //!
 //! Readiness: the plane marks the fleet ready once it has applied the stream up to where it
-//! stood at start.
+//! stood at start and has read the registry.
 
 mod consume;
 mod load_watch;
 mod registry_watch;
 mod resync;
+mod router_load;
 mod snapshots;
 
 use std::sync::Arc;
@@ -25,8 +27,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use cache_router_bus::{ensure_infra, snapshot_store, BusError, Infra, NatsArgs, StreamArgs};
+use cache_router_bus::{snapshot_store, BusError, Infra, NatsArgs, StreamArgs};
 use cache_router_core::fleet::{Fleet, FleetConfig, ResyncCause, ResyncNeeded};
+use cache_router_core::protocol::WorkerId;
 
 use crate::fleet_actor::{self, ActorParts, ActorThread, FleetHandle};
 use crate::metrics::PlaneMetrics;
@@ -42,6 +45,10 @@ pub(crate) struct PlaneConfig {
     pub(crate) snapshot_interval: Duration,
     /// Give up on one resync attempt after this long (then retry with backoff).
     pub(crate) resync_timeout: Duration,
+    /// This router's id in load reports.
+    pub(crate) router_id: WorkerId,
+    /// How often to publish this router's in-flight load; zero turns load sharing off.
+    pub(crate) load_share_interval: Duration,
 }
 
 /// The running event plane and the fleet actor it feeds.
@@ -93,7 +100,9 @@ pub(crate) async fn start(
 ) -> Result<EventPlane, BusError> {
     let started = Instant::now();
     let subjects = config.nats.subjects();
-    let infra = ensure_infra(&client, &subjects, &config.limits).await?;
+    let infra = cache_router_bus::infra::wait_for_infra(&client, &subjects, &config.limits, &shutdown)
+        .await
+        .ok_or_else(|| BusError::Config("stopped before JetStream was usable".into()))?;
 
     let (fleet, mut needs) = restore(&infra, fleet_config).await;
     let info = infra
@@ -120,11 +129,13 @@ pub(crate) async fn start(
     let (handle, actor) = fleet_actor::spawn(fleet, parts(resync_tx))
         .map_err(|e| BusError::Config(format!("cannot start the fleet actor: {e}")))?;
 
+    let (registry_loaded, registry_loaded_rx) = tokio::sync::watch::channel(false);
     let mut tasks = JoinSet::new();
     tasks.spawn(ready_when_caught_up(
         handle.clone(),
         actor.ready_setter(),
         tail_at_start,
+        registry_loaded_rx,
         started,
         metrics.clone(),
     ));
@@ -147,12 +158,32 @@ pub(crate) async fn start(
         shutdown.clone(),
     ));
     tasks.spawn(registry_watch::run(
+        client.clone(),
         infra.registry.clone(),
         config.limits.registry_ttl,
         handle.clone(),
+        registry_loaded,
         metrics.clone(),
         shutdown.clone(),
     ));
+    if !config.load_share_interval.is_zero() {
+        tasks.spawn(router_load::publish(
+            client.clone(),
+            subjects.clone(),
+            config.router_id.clone(),
+            config.load_share_interval,
+            handle.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(router_load::watch(
+            client.clone(),
+            subjects.clone(),
+            config.router_id.clone(),
+            handle.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(load_watch::run(
         client,
         subjects,
@@ -201,15 +232,21 @@ async fn restore(infra: &Infra, config: FleetConfig) -> (Fleet, Vec<ResyncNeeded
     }
 }
 
-/// Marks the fleet ready once it applied the stream up to `tail_at_start`.
+/// Marks the fleet ready once it applied the stream up to `tail_at_start` and knows every
+/// registered worker (the registry's history is delivered): before that, a request could get
+/// `503 no_workers` from a router that merely has not read the registry yet.
 async fn ready_when_caught_up(
     handle: FleetHandle,
     ready: fleet_actor::ReadySetter,
     tail_at_start: u64,
+    mut registry_loaded: tokio::sync::watch::Receiver<bool>,
     started: Instant,
     metrics: Arc<PlaneMetrics>,
 ) {
     if handle.wait_applied(tail_at_start).await.is_err() {
+        return;
+    }
+    if registry_loaded.wait_for(|&l| l).await.is_err() {
         return;
     }
     let ms = started.elapsed().as_millis() as i64;

@@ -1,11 +1,12 @@
 //! Follows the registry bucket: entries register workers; deletions and entries older than
-//! the TTL deregister them (purged from the index and from routing).
+//! the TTL deregister them (purged from the index and from routing), except while the registry
+//! itself is in trouble (the core's [`Leases`] rules). Once the bucket's history is delivered
+//! the router knows every live worker (part of readiness).
 //!
 //! Liveness is judged from each entry's age (the server's write time) rather than from
 //! server-side expiry markers, so it works the same on every nats-server version. A watch that
-//! fails is re-created with backoff.
+//! fails, or falls silent while workers should be renewing, is re-created.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,60 +16,93 @@ use tokio_util::sync::CancellationToken;
 
 use cache_router_bus::retry;
 use cache_router_core::backoff::Backoff;
+use cache_router_core::leases::Leases;
 use cache_router_core::protocol::{WorkerId, WorkerInfo};
 
 use crate::fleet_actor::{Command, FleetHandle};
 use crate::metrics::PlaneMetrics;
 
 pub(super) async fn run(
+    client: async_nats::Client,
     kv: kv::Store,
     ttl: Duration,
     handle: FleetHandle,
+    loaded: tokio::sync::watch::Sender<bool>,
     metrics: Arc<PlaneMetrics>,
     shutdown: CancellationToken,
 ) {
     let mut attempt = 0u32;
-    let mut last_seen: HashMap<WorkerId, Instant> = HashMap::new();
+    let mut leases = Leases::new(ttl);
     let mut sweep = tokio::time::interval((ttl / 4).max(Duration::from_millis(10)));
+    let mut said_suspended = false;
     'outer: while !shutdown.is_cancelled() {
         let mut watch = match kv.watch_with_history(">").await {
             Ok(w) => w,
             Err(e) => {
+                leases.unreachable();
                 tracing::warn!("cannot watch the registry: {e}; retrying");
                 retry::pause(&Backoff::NETWORK, &mut attempt, &shutdown).await;
                 continue;
             }
         };
         attempt = 0;
+        leases.watch_restarted(Instant::now());
+        // An empty bucket delivers no history: it is loaded at once.
+        if kv_is_empty(&kv).await {
+            loaded.send_replace(true);
+        }
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break 'outer,
                 _ = sweep.tick() => {
                     let now = Instant::now();
-                    let expired: Vec<WorkerId> = last_seen
-                        .iter()
-                        .filter(|(_, &t)| now.duration_since(t) > ttl)
-                        .map(|(id, _)| id.clone())
-                        .collect();
-                    for id in expired {
-                        last_seen.remove(&id);
-                        tracing::warn!(worker = %id, "registry entry expired");
-                        let _ = handle.send(Command::Deregister(id)).await;
+                    if client.connection_state() == async_nats::connection::State::Connected {
+                        leases.reachable(now);
+                    } else {
+                        leases.unreachable();
+                    }
+                    if leases.watch_silent(now) {
+                        tracing::warn!("the registry watch fell silent; re-watching");
+                        continue 'outer;
+                    }
+                    match leases.lapsed(now) {
+                        Ok(lapsed) => {
+                            said_suspended = false;
+                            for id in lapsed {
+                                tracing::warn!(worker = %id, "registry entry expired");
+                                let _ = handle.send(Command::Deregister(id)).await;
+                            }
+                        }
+                        Err(why) => {
+                            if !said_suspended {
+                                tracing::warn!(?why, "registry entries lapsed, but not purged: the workers stay routable");
+                                said_suspended = true;
+                            }
+                            metrics.registry_suspended.inc();
+                        }
                     }
                 }
                 entry = watch.next() => {
                     let entry = match entry {
                         Some(Ok(e)) => e,
                         Some(Err(e)) => {
+                            leases.unreachable();
                             tracing::warn!("registry watch error: {e}; re-watching");
                             retry::pause(&Backoff::NETWORK, &mut attempt, &shutdown).await;
                             continue 'outer;
                         }
                         None => {
+                            leases.unreachable();
                             retry::pause(&Backoff::NETWORK, &mut attempt, &shutdown).await;
                             continue 'outer;
                         }
                     };
+                    let now = Instant::now();
+                    leases.reachable(now);
+                    if entry.delta == 0 {
+                        // The history is delivered: the router knows every live worker.
+                        loaded.send_replace(true);
+                    }
                     let id = WorkerId(entry.key.clone());
                     match entry.operation {
                         kv::Operation::Put => {
@@ -78,20 +112,27 @@ pub(super) async fn run(
                             let age = (time::OffsetDateTime::now_utc() - entry.created)
                                 .try_into()
                                 .unwrap_or(Duration::ZERO);
-                            if age > ttl {
-                                continue;
+                            if leases.renewed(id, age, now) {
+                                let _ = handle.send(Command::Register(info)).await;
                             }
-                            last_seen.insert(id, Instant::now() - age);
-                            let _ = handle.send(Command::Register(info)).await;
                         }
                         kv::Operation::Delete | kv::Operation::Purge => {
-                            last_seen.remove(&id);
+                            leases.removed(&id, now);
                             let _ = handle.send(Command::Deregister(id)).await;
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// Whether the registry bucket holds no entry (asked with a timeout; unknown counts as not
+/// empty, so readiness then waits for the history).
+async fn kv_is_empty(kv: &kv::Store) -> bool {
+    match tokio::time::timeout(Duration::from_secs(2), kv.status()).await {
+        Ok(Ok(status)) => status.values() == 0,
+        _ => false,
     }
 }
 

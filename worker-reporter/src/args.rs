@@ -82,6 +82,7 @@ impl ReporterArgs {
             }
         }
         self.nats.validate()?;
+        self.stream.validate()?;
         Ok(())
     }
 }

@@ -99,7 +99,11 @@ async fn run_with(
     let worker = WorkerId(args.worker_id.clone());
     let client = cache_router_bus::connect(&args.nats, "worker-reporter").await?;
     let subjects = args.nats.subjects();
-    let infra = cache_router_bus::ensure_infra(&client, &subjects, &args.stream).await?;
+    let Some(infra) =
+        cache_router_bus::infra::wait_for_infra(&client, &subjects, &args.stream, &shutdown).await
+    else {
+        return Ok(());
+    };
     let epoch = now_ms();
     let publisher = Publisher::new(client, subjects, worker.clone(), epoch, args.nats.timeout())?;
     let resync = publisher.serve_resync(shutdown.clone()).await?;

@@ -4,20 +4,12 @@
 //! cleared cache, dropped events and an engine restart. Everything comes from the shared test
 //! kit.
 
-use std::collections::HashMap;
-
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-
-use cache_router::mock::engine_block_hashes;
 use cache_router::{FleetHandle, RunningRouter};
-use cache_router_core::hashing::{block_hashes, namespace_seed};
 use cache_router_core::protocol::BlockHash;
-use cache_router_testkit::engines::{
-    engine_cache_as_ours, start_engine, start_reporter, Engine, EngineSpec, ReporterSpec,
-};
+use cache_router_testkit::engines::{start_engine, start_reporter, Engine, EngineSpec, ReporterSpec};
 use cache_router_testkit::nats::NatsServer;
-use cache_router_testkit::{eventually, routers, BLOCK_SIZE as BS, MODEL};
+use cache_router_testkit::traffic::Traffic;
+use cache_router_testkit::{eventually, routers};
 
 const WORKER: &str = "w1";
 
@@ -37,53 +29,6 @@ fn reporter(replay: bool) -> ReporterSpec {
     ReporterSpec {
         replay,
         ..ReporterSpec::new(WORKER)
-    }
-}
-
-/// Sends prompts as token ids and remembers engine hash → our hash for every full block.
-struct Traffic {
-    http: reqwest::Client,
-    rng: StdRng,
-    prefixes: Vec<Vec<u32>>,
-    ours: HashMap<u64, BlockHash>,
-}
-
-impl Traffic {
-    fn new(seed: u64) -> Traffic {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let prefixes = (0..4)
-            .map(|_| (0..BS * 2).map(|_| rng.random_range(100..30_000)).collect())
-            .collect();
-        Traffic {
-            http: reqwest::Client::new(),
-            rng,
-            prefixes,
-            ours: HashMap::new(),
-        }
-    }
-
-    async fn send(&mut self, engine: &str, n: usize) {
-        for _ in 0..n {
-            let mut tokens = self.prefixes[self.rng.random_range(0..4)].clone();
-            let extra = self.rng.random_range(1..5) * BS + self.rng.random_range(0..BS);
-            tokens.extend((0..extra).map(|_| self.rng.random_range(100..30_000u32)));
-            let engine_hashes = engine_block_hashes(&tokens, BS);
-            let our = block_hashes(namespace_seed(MODEL, None), &tokens, BS);
-            self.ours.extend(engine_hashes.into_iter().zip(our));
-            let resp = self
-                .http
-                .post(format!("{engine}/v1/completions"))
-                .json(&serde_json::json!({"model": MODEL, "prompt": tokens, "max_tokens": 2}))
-                .send()
-                .await
-                .unwrap();
-            assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
-        }
-    }
-
-    /// The engine's cache in our hashes, sorted.
-    fn expected(&self, engine: &Engine) -> Vec<BlockHash> {
-        engine_cache_as_ours(engine, &self.ours)
     }
 }
 

@@ -128,6 +128,10 @@ pub struct ReporterSpec {
     pub digest_interval: Duration,
     /// Use the engine's replay socket.
     pub replay: bool,
+    /// How long the registry entry lives unrefreshed.
+    pub registry_ttl: Duration,
+    /// More flags, e.g. `--nats-replicas 3`.
+    pub extra_args: Vec<String>,
 }
 
 impl ReporterSpec {
@@ -137,11 +141,13 @@ impl ReporterSpec {
             worker: worker.to_owned(),
             digest_interval: Duration::from_millis(300),
             replay: true,
+            registry_ttl: Duration::from_millis(600),
+            extra_args: Vec::new(),
         }
     }
 }
 
-/// Starts a reporter for `engine` on `nats` (100 ms load scrapes, 600 ms registry TTL).
+/// Starts a reporter for `engine` on `nats` (100 ms load scrapes).
 pub fn start_reporter(nats: &str, engine: &Engine, spec: &ReporterSpec) -> Reporter {
     let mut argv = vec![
         "worker-reporter".to_string(),
@@ -162,7 +168,7 @@ pub fn start_reporter(nats: &str, engine: &Engine, spec: &ReporterSpec) -> Repor
         "--load-interval".into(),
         "100ms".into(),
         "--registry-ttl".into(),
-        "600ms".into(),
+        format!("{}ms", spec.registry_ttl.as_millis()),
     ];
     if spec.replay {
         argv.extend([
@@ -170,6 +176,7 @@ pub fn start_reporter(nats: &str, engine: &Engine, spec: &ReporterSpec) -> Repor
             format!("tcp://127.0.0.1:{}", engine.ports.replay),
         ]);
     }
+    argv.extend(spec.extra_args.iter().cloned());
     worker_reporter::spawn(ReporterArgs::parse_from(argv))
 }
 

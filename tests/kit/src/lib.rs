@@ -1,22 +1,29 @@
 //! # cache-router-testkit
 //!
 //! The one test kit every suite and bench of the workspace shares (a dev-dependency only):
-//! - [`nats`]: a real `nats-server` with JetStream per test;
+//! - [`nats`]: a real `nats-server` with JetStream per test, in a container of the locally
+//!   built image where Docker runs, else a local process ([`docker`] says which and why);
+//! - [`cluster`]: a 3-node JetStream cluster of containers on a private network, whose nodes
+//!   can be killed, restarted, partitioned and healed;
 //! - [`routers`]: routers started through the library's [`cache_router::Router`];
 //! - [`engines`]: mock vLLM engines (HTTP + ZMQ KV events) and reporters beside them;
 //! - [`scripted_engine`]: tiny scripted HTTP engines for the proxy's edge cases;
 //! - [`tokenizer`]: the real tokenizer fixture;
+//! - [`traffic`]: token-id prompts whose blocks the test can map from engine to router hashes;
 //! - [`eventually`] / [`assert_eventually!`]: waiting for state that converges
 //!   asynchronously, with one patience setting (`CACHE_ROUTER_TEST_PATIENCE`, seconds).
 //!
 //! No fixed sleep stands in for an awaitable event here: what can be awaited is awaited, what
 //! converges is polled with a deadline.
 
+pub mod cluster;
+pub mod docker;
 pub mod engines;
 pub mod nats;
 pub mod routers;
 pub mod scripted_engine;
 pub mod tokenizer;
+pub mod traffic;
 
 use std::future::Future;
 use std::path::PathBuf;

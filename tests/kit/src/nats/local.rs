@@ -1,12 +1,12 @@
-//! A real `nats-server` with JetStream for one test.
+//! The local-binary backend of [`super::NatsServer`].
 //!
-//! [`NatsServer::start`] runs the binary named by `NATS_SERVER_BIN`, or `nats-server` from
+//! [`LocalNats::start`] runs the binary named by `NATS_SERVER_BIN`, or `nats-server` from
 //! `PATH` (`scripts/setup.sh` installs it), bound to loopback on a port the server picks itself
 //! (`-p -1`, so there is no bind/drop/rebind race between tests running in parallel), with a fresh
 //! JetStream store directory under the system temp dir. Readiness is read from the server's own
 //! log ("Listening for client connections on 127.0.0.1:PORT", then "Server is ready", which every
-//! 2.x release prints), never guessed with a sleep. [`NatsServer::stop`] and
-//! [`NatsServer::restart`] simulate a crash and a comeback on the same port with the same store.
+//! 2.x release prints), never guessed with a sleep. [`LocalNats::stop`] and
+//! [`LocalNats::restart`] simulate a crash and a comeback on the same port with the same store.
 //! Dropping the fixture kills the server and removes the store directory.
 
 use std::collections::VecDeque;
@@ -16,7 +16,7 @@ use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, Once};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -35,9 +35,9 @@ const ADDR_IN_USE: &str = "address already in use";
 
 type Log = Arc<Mutex<VecDeque<String>>>;
 
-/// A running (or, between [`stop`](NatsServer::stop) and [`restart`](NatsServer::restart),
-/// stopped) `nats-server` with JetStream, owned by one test.
-pub struct NatsServer {
+/// A running (or, between [`stop`](LocalNats::stop) and [`restart`](LocalNats::restart),
+/// stopped) `nats-server` process with JetStream, owned by one test.
+pub(super) struct LocalNats {
     bin: PathBuf,
     child: Option<Child>,
     port: u16,
@@ -51,13 +51,12 @@ struct LaunchError {
     addr_in_use: bool,
 }
 
-impl NatsServer {
+impl LocalNats {
     /// Starts a server on a random free loopback port with a new, empty store directory and
     /// returns once it accepts clients. Panics, with the server's log, if the binary is missing
     /// or the server is not ready within 20 s.
-    pub fn start() -> NatsServer {
-        check_docker_request();
-        let mut server = NatsServer {
+    pub(super) fn start() -> LocalNats {
+        let mut server = LocalNats {
             bin: server_bin(),
             child: None,
             port: 0,
@@ -76,35 +75,35 @@ impl NatsServer {
         server
     }
 
-    /// `nats://127.0.0.1:PORT`; the same across [`restart`](NatsServer::restart).
-    pub fn url(&self) -> String {
+    /// `nats://127.0.0.1:PORT`; the same across [`restart`](LocalNats::restart).
+    pub(super) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// The client port; the same across [`restart`](NatsServer::restart).
-    pub fn port(&self) -> u16 {
+    /// The client port; the same across [`restart`](LocalNats::restart).
+    pub(super) fn port(&self) -> u16 {
         self.port
     }
 
     /// The JetStream store directory (`-sd`); the server keeps its data under `jetstream/`.
-    pub fn store_dir(&self) -> &Path {
+    pub(super) fn store_dir(&self) -> &Path {
         &self.store_dir
     }
 
     /// The server's process id, or `None` while it is stopped.
-    pub fn pid(&self) -> Option<u32> {
+    pub(super) fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
     /// Whether the server process is still alive.
-    pub fn is_running(&mut self) -> bool {
+    pub(super) fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The last lines (at most 200) the server logged, across restarts.
-    pub fn log_tail(&self) -> String {
+    pub(super) fn log_tail(&self) -> String {
         let log = lock(&self.log);
         if log.is_empty() {
             return "(nothing logged)\n".to_owned();
@@ -119,7 +118,7 @@ impl NatsServer {
 
     /// Kills the server (SIGKILL: a crash, not a clean shutdown) and waits for it to exit. The
     /// store directory is kept. Does nothing if it is already stopped.
-    pub fn stop(&mut self) {
+    pub(super) fn stop(&mut self) {
         if self.child.is_some() {
             push_line(&self.log, "--- fixture: stop (kill) ---".to_owned());
             self.kill_child();
@@ -129,7 +128,7 @@ impl NatsServer {
     /// Starts the server again (stopping it first if it is running) with the same store
     /// directory on the same port, and returns once it accepts clients. If the port is reported
     /// in use, retries a few times with a growing backoff; panics, with the log, if that fails.
-    pub fn restart(&mut self) {
+    pub(super) fn restart(&mut self) {
         self.stop();
         let mut backoff = Duration::from_millis(50);
         for attempt in 1..=BIND_ATTEMPTS {
@@ -251,7 +250,7 @@ impl NatsServer {
     }
 }
 
-impl Drop for NatsServer {
+impl Drop for LocalNats {
     fn drop(&mut self) {
         // A failing test shows what the server said (a failed start already put it in its panic).
         if thread::panicking() && self.child.is_some() {
@@ -266,9 +265,9 @@ impl Drop for NatsServer {
     }
 }
 
-impl fmt::Debug for NatsServer {
+impl fmt::Debug for LocalNats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NatsServer")
+        f.debug_struct("LocalNats")
             .field("bin", &self.bin)
             .field("pid", &self.pid())
             .field("port", &self.port)
@@ -342,48 +341,4 @@ fn push_line(log: &Log, line: String) {
 
 fn lock(log: &Log) -> std::sync::MutexGuard<'_, VecDeque<String>> {
     log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// `CACHE_ROUTER_TEST_DOCKER=1` asks for testcontainers' NATS image instead of the local
-/// binary. That backend is not built yet: only tell, once per test binary, why the local binary
-/// is used.
-fn check_docker_request() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        if std::env::var_os("CACHE_ROUTER_TEST_DOCKER").is_some_and(|v| v == "1") {
-            if docker_engine_answers() {
-                eprintln!(
-                    "CACHE_ROUTER_TEST_DOCKER=1: a Docker engine answers, but the docker-backed \
-                     NATS fixture is not implemented; using the local nats-server binary"
-                );
-            } else {
-                eprintln!("skipping docker-backed NATS: no Docker engine (docker info failed)");
-            }
-        }
-    });
-}
-
-/// Whether `docker info` succeeds within 10 s.
-fn docker_engine_answers() -> bool {
-    let Ok(mut child) = Command::new("docker")
-        .arg("info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    else {
-        return false;
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return status.success(),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-        }
-    }
 }
