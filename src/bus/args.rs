@@ -2,6 +2,8 @@
 //! limits of the event stream and the registry.
 
 use std::path::PathBuf;
+
+use async_nats::ServerAddr;
 use std::time::Duration;
 
 use crate::duration;
@@ -81,8 +83,8 @@ impl NatsArgs {
                 self.prefix
             )));
         }
-        if let Some(url) = &self.url {
-            crate::connect::server_list(url)?;
+        if self.url.is_some() {
+            self.servers()?;
         }
         if self.nats_timeout.is_zero() {
             return Err(BusError::Config("--nats-timeout must be positive".into()));
@@ -93,7 +95,36 @@ impl NatsArgs {
     pub fn timeout(&self) -> Duration {
         self.nats_timeout
     }
+
+    /// The servers of `--nats`: a comma-separated list a client fails over between
+    /// (async-nats parses one URL per address, not a list).
+    pub fn servers(&self) -> Result<Vec<ServerAddr>, BusError> {
+        let url = self
+            .url
+            .as_deref()
+            .ok_or_else(|| BusError::Config("no NATS URL given (--nats)".into()))?;
+        server_list(url)
+    }
 }
+
+/// `nats://a:4222,nats://b:4222` → the servers a client fails over between (async-nats
+/// parses one URL per address, not a comma-separated list).
+fn server_list(url: &str) -> Result<Vec<ServerAddr>, BusError> {
+    let servers: Vec<ServerAddr> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<ServerAddr>()
+                .map_err(|e| BusError::Config(format!("--nats: {s:?} is not a NATS URL: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    if servers.is_empty() {
+        return Err(BusError::Config("--nats names no server".into()));
+    }
+    Ok(servers)
+}
+
 
 /// Limits of the event stream and the registry.
 #[derive(Clone, Debug, clap::Args)]
@@ -152,6 +183,22 @@ impl Default for StreamArgs {
             registry_ttl: Duration::from_secs(10),
             nats_replicas: 1,
         }
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_comma_separated_list_is_every_server() {
+        let s = server_list("nats://a:4222, nats://b:4223,nats://10.0.0.3:4224").unwrap();
+        let ports: Vec<u16> = s.iter().map(|a| a.port()).collect();
+        assert_eq!(ports, [4222, 4223, 4224]);
+        assert_eq!(s[1].host(), "b");
+        assert!(server_list("nats://a:x").is_err());
+        assert!(server_list(" , ").is_err());
     }
 }
 

@@ -1,7 +1,7 @@
 //! The NATS connection: configured auth and TLS, reconnection forever with backoff, every
 //! state change logged.
 
-use async_nats::{Client, ConnectOptions, ServerAddr};
+use async_nats::{Client, ConnectOptions};
 use cache_router_core::backoff::Backoff;
 
 use crate::args::NatsArgs;
@@ -53,7 +53,7 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Result<Client, BusError> {
             .add_client_certificate(cert.clone(), key.clone())
             .require_tls(true);
     }
-    let servers = server_list(&url)?;
+    let servers = args.servers()?;
     opts.connect(servers.as_slice())
         .await
         .map_err(|e| BusError::Connect {
@@ -61,37 +61,3 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Result<Client, BusError> {
             msg: e.to_string(),
         })
 }
-
-/// `nats://a:4222,nats://b:4222` → the servers a client fails over between (async-nats
-/// parses one URL per address, not a comma-separated list).
-pub(crate) fn server_list(url: &str) -> Result<Vec<ServerAddr>, BusError> {
-    let servers: Vec<ServerAddr> = url
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<ServerAddr>()
-                .map_err(|e| BusError::Config(format!("--nats: {s:?} is not a NATS URL: {e}")))
-        })
-        .collect::<Result<_, _>>()?;
-    if servers.is_empty() {
-        return Err(BusError::Config("--nats names no server".into()));
-    }
-    Ok(servers)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_comma_separated_list_is_every_server() {
-        let s = server_list("nats://a:4222, nats://b:4223,nats://10.0.0.3:4224").unwrap();
-        let ports: Vec<u16> = s.iter().map(|a| a.port()).collect();
-        assert_eq!(ports, [4222, 4223, 4224]);
-        assert_eq!(s[1].host(), "b");
-        assert!(server_list("nats://a:x").is_err());
-        assert!(server_list(" , ").is_err());
-    }
-}
-

@@ -40,7 +40,7 @@ use cache_router_testkit::engines::{
     start_engine, start_reporter, Engine, EngineSpec, ReporterSpec,
 };
 use cache_router_testkit::nats::NatsServer;
-use cache_router_testkit::{http_client, tokenizer, BLOCK_SIZE as BS, MODEL};
+use cache_router_testkit::{eventually, http_client, tokenizer, BLOCK_SIZE as BS, MODEL};
 use support::{Clock, EventTap, Router};
 
 const WORKERS: [&str; 3] = ["w1", "w2", "w3"];
@@ -274,6 +274,15 @@ async fn run() {
         evicted.elapsed().as_secs_f64() * 1e3
     );
     println!("             /route: {}", d3.table());
+
+    // The engines report their load every 100 ms, so x's last report may still count the
+    // fillers as running. Step 4 compares loads: wait until every worker costs just P's
+    // uncached blocks again (nothing in flight, nothing reported).
+    eventually("the engines' reported load settles", || async {
+        let d = router.route(&http, &body).await;
+        d.candidates.iter().all(|c| c.cost == n as f64)
+    })
+    .await;
 
     // 4. Nobody holds P; two workers are busy with long streams: P goes to the idle one.
     let mut holds = Vec::new();
