@@ -17,12 +17,12 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use cache_router_core::fleet::{Fleet, FleetCounters, ResyncNeeded, Snapshot};
-use cache_router_core::index::{IndexStats, WorkerIdx};
+use cache_router_core::index::{Digest, IndexStats, WorkerIdx};
 use cache_router_core::liveness::{Liveness, WorkerLiveness};
+use cache_router_core::policy::WorkerLoad;
 use cache_router_core::protocol::{
     BlockHash, Envelope, Load, RouterLoad, WorkerId, WorkerInFlight, WorkerInfo,
 };
-use cache_router_core::policy::WorkerLoad;
 use cache_router_core::routing::{LoadSource, RouteOutcome, RouteRequest, RoutingState};
 
 /// Commands are queued at most this deep; senders wait beyond it (backpressure on ingest).
@@ -110,6 +110,9 @@ pub struct FleetStats {
     pub registered: usize,
     /// Models served by registered workers.
     pub models: BTreeSet<String>,
+    /// Each known worker's index digest (block count, order-independent checksum), by id:
+    /// two routers fed by the same stream must agree on every one.
+    pub digests: std::collections::BTreeMap<String, Digest>,
 }
 
 /// A clonable handle to the fleet actor.
@@ -121,7 +124,10 @@ pub struct FleetHandle {
 }
 
 impl FleetHandle {
-    async fn ask<R>(&self, cmd: impl FnOnce(oneshot::Sender<R>) -> Command) -> Result<R, FleetOffline> {
+    async fn ask<R>(
+        &self,
+        cmd: impl FnOnce(oneshot::Sender<R>) -> Command,
+    ) -> Result<R, FleetOffline> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(cmd(tx)).await.map_err(|_| FleetOffline)?;
         rx.await.map_err(|_| FleetOffline)
@@ -153,19 +159,22 @@ impl FleetHandle {
 
     /// Removes a worker and purges its blocks, as an expired registry entry would.
     pub async fn deregister(&self, id: &str) -> Result<(), FleetOffline> {
-        self.send(Command::Deregister(WorkerId(id.to_owned()))).await
+        self.send(Command::Deregister(WorkerId(id.to_owned())))
+            .await
     }
 
     /// Applies one cache message as if it were stream message `stream_seq` (routers fed by
     /// another event source, tools, tests); returns once it is applied.
     pub async fn apply(&self, stream_seq: u64, env: Envelope) -> Result<(), FleetOffline> {
-        self.send(Command::Apply(vec![(stream_seq, Some(env))])).await?;
+        self.send(Command::Apply(vec![(stream_seq, Some(env))]))
+            .await?;
         self.wait_applied(stream_seq).await
     }
 
     /// Records a worker's reported load, as a load report on NATS would.
     pub async fn report_load(&self, id: &str, load: Load) -> Result<(), FleetOffline> {
-        self.send(Command::Load(WorkerId(id.to_owned()), load)).await
+        self.send(Command::Load(WorkerId(id.to_owned()), load))
+            .await
     }
 
     /// Every known worker, sorted by id.
@@ -217,7 +226,10 @@ impl FleetHandle {
     /// Waits until [`is_ready`](Self::is_ready).
     pub async fn wait_ready(&self) -> Result<(), FleetOffline> {
         let mut rx = self.ready.clone();
-        rx.wait_for(|&r| r).await.map(|_| ()).map_err(|_| FleetOffline)
+        rx.wait_for(|&r| r)
+            .await
+            .map(|_| ())
+            .map_err(|_| FleetOffline)
     }
 }
 
@@ -276,7 +288,10 @@ pub(crate) struct ActorParts {
 }
 
 /// Starts the actor thread over `fleet`.
-pub(crate) fn spawn(fleet: Fleet, parts: ActorParts) -> std::io::Result<(FleetHandle, ActorThread)> {
+pub(crate) fn spawn(
+    fleet: Fleet,
+    parts: ActorParts,
+) -> std::io::Result<(FleetHandle, ActorThread)> {
     let (tx, rx) = mpsc::channel::<Command>(QUEUE);
     let (applied_tx, applied_rx) = watch::channel(fleet.applied_stream_seq());
     let (ready_tx, ready_rx) = watch::channel(false);
@@ -412,7 +427,12 @@ impl Actor {
                 ))
             })
             .collect();
-        if !self.parts.routing.peers_mut().update(&report.router.0, at, loads) {
+        if !self
+            .parts
+            .routing
+            .peers_mut()
+            .update(&report.router.0, at, loads)
+        {
             tracing::warn!(router = %report.router, "too many routers report load: ignored");
         }
     }
@@ -455,7 +475,8 @@ impl Actor {
 
     fn stats(&self) -> FleetStats {
         let f = &self.fleet;
-        let registered: Vec<&WorkerInfo> = f.workers().filter_map(|(_, e)| e.info.as_ref()).collect();
+        let registered: Vec<&WorkerInfo> =
+            f.workers().filter_map(|(_, e)| e.info.as_ref()).collect();
         FleetStats {
             counters: f.counters().clone(),
             index: f.index().stats(),
@@ -463,6 +484,10 @@ impl Actor {
             workers: f.workers().count(),
             registered: registered.len(),
             models: registered.iter().map(|i| i.model.clone()).collect(),
+            digests: f
+                .workers()
+                .map(|(id, e)| (id.0.clone(), f.index().worker_digest(e.idx)))
+                .collect(),
         }
     }
 }
@@ -552,7 +577,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(ranked(&h).await.len(), 2, "the first ejection lasts 10 s");
 
-        assert!(liveness.record_failure(a, crate::clock::now()), "fails again");
+        assert!(
+            liveness.record_failure(a, crate::clock::now()),
+            "fails again"
+        );
         tokio::time::advance(Duration::from_secs(19)).await;
         assert_eq!(ranked(&h).await, ["b"], "the second ejection lasts 20 s");
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -561,10 +589,7 @@ mod tests {
         assert!(liveness.record_failure(a, crate::clock::now()));
         liveness.record_success(a);
         assert_eq!(ranked(&h).await.len(), 2, "a success clears the ejection");
-        assert_eq!(
-            h.worker("a").await.unwrap().unwrap().liveness.ejections,
-            0
-        );
+        assert_eq!(h.worker("a").await.unwrap().unwrap().liveness.ejections, 0);
         actor.stop().await;
     }
 }

@@ -51,9 +51,10 @@ mod metrics;
 mod openai;
 mod plane;
 
-
 mod server;
 
-pub use fleet_actor::{FleetHandle, FleetOffline, FleetStats, WorkerView};
 pub use cache_router_core::liveness::EjectionPolicy;
-pub use server::{serve, NatsConfig, Router, RouterConfig, RouterCounters, RouterError, RunningRouter};
+pub use fleet_actor::{FleetHandle, FleetOffline, FleetStats, WorkerView};
+pub use server::{
+    serve, NatsConfig, Router, RouterConfig, RouterCounters, RouterError, RunningRouter,
+};

@@ -136,7 +136,10 @@ fn run_mock_worker(args: cache_router::mock::MockWorkerArgs) -> ExitCode {
 }
 
 fn probe(args: &ProbeArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

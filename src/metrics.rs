@@ -554,8 +554,14 @@ mod tests {
                 "{name} missing from\n{text}"
             );
         }
-        assert_eq!(prom_text::unlabelled(&text, "cache_router_stream_seq"), Some(42.0));
-        assert_eq!(prom_text::unlabelled(&text, "cache_router_hit_ratio"), Some(0.75));
+        assert_eq!(
+            prom_text::unlabelled(&text, "cache_router_stream_seq"),
+            Some(42.0)
+        );
+        assert_eq!(
+            prom_text::unlabelled(&text, "cache_router_hit_ratio"),
+            Some(0.75)
+        );
         let mismatch = prom_text::samples(&text)
             .find(|s| s.name == "cache_router_bad_messages_total")
             .unwrap();

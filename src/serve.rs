@@ -155,7 +155,11 @@ impl ServeArgs {
     }
 
     fn load_models(&self) -> Result<Models, ServeError> {
-        let failed = |what: String| move |e: cache_router::tokenize::TokenizeError| ServeError::Model(format!("{what}: {e}"));
+        let failed = |what: String| {
+            move |e: cache_router::tokenize::TokenizeError| {
+                ServeError::Model(format!("{what}: {e}"))
+            }
+        };
         let tok = match (&self.model_dir, &self.tokenizer) {
             (Some(dir), _) => ModelTokenizer::from_model_dir(dir, self.chat_template.as_deref())
                 .map_err(failed(format!("--model-dir {}", dir.display())))?,
@@ -164,7 +168,9 @@ impl ServeArgs {
                     .map_err(failed(format!("--tokenizer {}", path.display())))?
             }
             (None, None) => {
-                return Err(ServeError::Usage("--tokenizer or --model-dir is required".into()))
+                return Err(ServeError::Usage(
+                    "--tokenizer or --model-dir is required".into(),
+                ))
             }
         };
         let mut models = Models::new();
@@ -258,7 +264,13 @@ fn default_router_id() -> String {
     let id: String = host
         .trim()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(128)
         .collect();
     if id.is_empty() {
@@ -385,7 +397,10 @@ mod tests {
             let e = parse(args).unwrap().into_config().unwrap_err();
             assert!(matches!(e, ServeError::Usage(_)), "{args:?}: {e}");
         }
-        let e = parse(&["--worker", "a=http://h:1"]).unwrap().into_config().unwrap_err();
+        let e = parse(&["--worker", "a=http://h:1"])
+            .unwrap()
+            .into_config()
+            .unwrap_err();
         assert!(matches!(e, ServeError::Model(_)), "{e}");
     }
 }

@@ -127,7 +127,8 @@ impl RouterConfig {
             return bad("the index bound must be positive (or none)");
         }
         for w in &self.static_workers {
-            w.id.validate().map_err(|e| RouterError::Config(e.to_string()))?;
+            w.id.validate()
+                .map_err(|e| RouterError::Config(e.to_string()))?;
             if !self.models.contains_key(&w.model) {
                 return Err(RouterError::Config(format!(
                     "worker {} serves model {:?}, which has no tokenizer",
@@ -258,7 +259,8 @@ impl Router {
             None => {
                 // No event plane: nothing asks for resyncs.
                 let (resyncs, _) = tokio::sync::mpsc::unbounded_channel();
-                let (fleet, actor) = fleet_actor::spawn(Fleet::new(config.fleet()), parts(resyncs))?;
+                let (fleet, actor) =
+                    fleet_actor::spawn(Fleet::new(config.fleet()), parts(resyncs))?;
                 actor.ready_setter().set();
                 (fleet, Source::Static(actor))
             }

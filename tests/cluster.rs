@@ -21,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use cache_router::{RouterConfig, RunningRouter};
 use cache_router_testkit::cluster::NatsCluster;
-use cache_router_testkit::engines::{start_engine, start_reporter, Engine, EngineSpec, ReporterSpec};
+use cache_router_testkit::engines::{
+    start_engine, start_reporter, Engine, EngineSpec, ReporterSpec,
+};
 use cache_router_testkit::nats::{self, Backend};
 use cache_router_testkit::traffic::Traffic;
 use cache_router_testkit::{eventually, http_client, routers, MODEL};
@@ -30,8 +32,11 @@ const ENGINES: usize = 4;
 /// How long a fault lasts under traffic before it is repaired.
 const FAULT: Duration = Duration::from_secs(3);
 
+const ADMIN: &str = "cluster-admin";
+
 fn router_config(urls: &str, id: &str) -> RouterConfig {
     let mut c = routers::nats_router_config(urls);
+    c.admin_token = Some(ADMIN.into());
     let n = c.nats.as_mut().unwrap();
     n.limits.nats_replicas = 3;
     n.router_id = id.to_owned();
@@ -66,13 +71,28 @@ async fn stream_traffic(
         };
         k += 1;
         let prompt = traffic.lock().await.next_prompt();
-        let body = serde_json::json!({"model": MODEL, "prompt": prompt, "max_tokens": 4, "stream": true});
-        let failure = match http.post(format!("{url}/v1/completions")).json(&body).send().await {
+        let body =
+            serde_json::json!({"model": MODEL, "prompt": prompt, "max_tokens": 4, "stream": true});
+        let failure = match http
+            .post(format!("{url}/v1/completions"))
+            .json(&body)
+            .send()
+            .await
+        {
             Ok(r) => {
                 let status = r.status();
                 match r.text().await {
-                    Ok(text) if status.is_success() && text.contains("[DONE]") && !text.contains("\"error\"") => None,
-                    Ok(text) => Some(format!("{status}: {}", text.chars().take(200).collect::<String>())),
+                    Ok(text)
+                        if status.is_success()
+                            && text.contains("[DONE]")
+                            && !text.contains("\"error\"") =>
+                    {
+                        None
+                    }
+                    Ok(text) => Some(format!(
+                        "{status}: {}",
+                        text.chars().take(200).collect::<String>()
+                    )),
                     Err(e) => Some(format!("{status}: body: {e}")),
                 }
             }
@@ -155,7 +175,10 @@ async fn converge(
             ));
         }
     }
-    panic!("not {what} within {:?}:\n{report}", cache_router_testkit::patience());
+    panic!(
+        "not {what} within {:?}:\n{report}",
+        cache_router_testkit::patience()
+    );
 }
 
 #[derive(Debug)]
@@ -169,7 +192,9 @@ struct Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_faults_under_streaming_traffic() {
     if nats::backend() != Backend::Container {
-        eprintln!("cluster scenarios need Docker and cache-router/nats (bash docker/build.sh): not run");
+        eprintln!(
+            "cluster scenarios need Docker and cache-router/nats (bash docker/build.sh): not run"
+        );
         return;
     }
     let mut cluster = NatsCluster::start(3);
@@ -196,7 +221,11 @@ async fn cluster_faults_under_streaming_traffic() {
     eventually("both routers see every engine", || async {
         let mut ok = true;
         for r in [&a, &b] {
-            ok &= r.fleet().stats().await.is_ok_and(|s| s.registered == ENGINES);
+            ok &= r
+                .fleet()
+                .stats()
+                .await
+                .is_ok_and(|s| s.registered == ENGINES);
         }
         ok
     })
@@ -212,12 +241,18 @@ async fn cluster_faults_under_streaming_traffic() {
         counts.clone(),
         stop.clone(),
     ));
-    eventually("traffic flows", || async { counts.sent.load(Ordering::Relaxed) >= 50 }).await;
+    eventually("traffic flows", || async {
+        counts.sent.load(Ordering::Relaxed) >= 50
+    })
+    .await;
 
     let mut outcomes = Vec::new();
     let mut last = (0, 0);
     let mut record = |scenario, took, outcomes: &mut Vec<Outcome>| {
-        let (sent, failed) = (counts.sent.load(Ordering::Relaxed), counts.failed.load(Ordering::Relaxed));
+        let (sent, failed) = (
+            counts.sent.load(Ordering::Relaxed),
+            counts.failed.load(Ordering::Relaxed),
+        );
         outcomes.push(Outcome {
             scenario,
             sent: sent - last.0,
@@ -247,7 +282,14 @@ async fn cluster_faults_under_streaming_traffic() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         cluster.start_node(i);
     }
-    let took = converge("converged after a rolling restart", &a, &b, &engines, &traffic).await;
+    let took = converge(
+        "converged after a rolling restart",
+        &a,
+        &b,
+        &engines,
+        &traffic,
+    )
+    .await;
     record("rolling restart of 3 nodes", took, &mut outcomes);
 
     // 4. A router crashes while a node is down, and starts again from snapshot + replay.
@@ -267,12 +309,42 @@ async fn cluster_faults_under_streaming_traffic() {
     let ready_after = started.elapsed();
     router_urls.lock().await.push(b.url().to_owned());
     cluster.start_node(2);
-    let took = converge("converged after a router restart", &a, &b, &engines, &traffic).await;
-    record("router crashed + restarted, a node down", took, &mut outcomes);
+    let took = converge(
+        "converged after a router restart",
+        &a,
+        &b,
+        &engines,
+        &traffic,
+    )
+    .await;
+    record(
+        "router crashed + restarted, a node down",
+        took,
+        &mut outcomes,
+    );
 
     stop.cancel();
     load.await.unwrap();
-    // 5. Both routers hold the same index, worker by worker.
+    // 5. Both routers hold the same index, worker by worker: their /admin/index digests
+    //    agree, and so do the block lists behind them.
+    let digests = |r: &RunningRouter| {
+        let url = format!("{}/admin/index", r.url());
+        async move {
+            let v: serde_json::Value = http_client()
+                .get(url)
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["workers"].clone()
+        }
+    };
+    let (da, db) = (digests(&a).await, digests(&b).await);
+    assert_eq!(da.as_object().map(|m| m.len()), Some(ENGINES), "{da}");
+    assert_eq!(da, db, "the routers' /admin/index digests differ");
     for i in 0..ENGINES {
         let id = format!("engine-{i}");
         assert_eq!(
@@ -282,7 +354,10 @@ async fn cluster_faults_under_streaming_traffic() {
         );
     }
 
-    println!("{:<42} {:>6} {:>7} {:>13}", "scenario", "sent", "failed", "converged in");
+    println!(
+        "{:<42} {:>6} {:>7} {:>13}",
+        "scenario", "sent", "failed", "converged in"
+    );
     for o in &outcomes {
         println!(
             "{:<42} {:>6} {:>7} {:>11.0}ms",
@@ -292,7 +367,10 @@ async fn cluster_faults_under_streaming_traffic() {
             o.converged_after.as_secs_f64() * 1e3
         );
     }
-    println!("restarted router ready in {:.0} ms", ready_after.as_secs_f64() * 1e3);
+    println!(
+        "restarted router ready in {:.0} ms",
+        ready_after.as_secs_f64() * 1e3
+    );
     for o in &outcomes {
         assert_eq!(
             o.failed,

@@ -2,7 +2,6 @@
 //! engines, worker-reporters, routers) as child processes on loopback, a small workload, the
 //! comparison table, the PNGs, and a clean shutdown — also when interrupted with SIGINT.
 
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -350,9 +350,10 @@ async fn registry_liveness_and_load_reports() {
     let client = cache_router_bus::connect(&NatsArgs::for_url(nats.url()), "reporter")
         .await
         .unwrap();
-    let infra = cache_router_bus::ensure_infra(&client, &Subjects::new("kvr"), &StreamArgs::default())
-        .await
-        .unwrap();
+    let infra =
+        cache_router_bus::ensure_infra(&client, &Subjects::new("kvr"), &StreamArgs::default())
+            .await
+            .unwrap();
     let info = |id: &str| WorkerInfo {
         id: id.into(),
         url: format!("http://127.0.0.1:9/{id}"),

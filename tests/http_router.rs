@@ -44,7 +44,10 @@ async fn start_router(engines: &[(&str, &Engine)], policy: PolicyKind) -> Router
 async fn start_router_models(engines: &[(&str, &Engine, &str)], policy: PolicyKind) -> Router {
     let mut models = Models::new();
     for (_, _, model) in engines {
-        models.insert((*model).into(), std::sync::Arc::new(model_tokenizer().with_model(*model, 16)));
+        models.insert(
+            (*model).into(),
+            std::sync::Arc::new(model_tokenizer().with_model(*model, 16)),
+        );
     }
     let mut config = RouterConfig::new(models);
     config.static_workers = engines
@@ -328,9 +331,10 @@ async fn streaming_chat_passes_through_the_router() {
     }
     assert!(text.contains("[DONE]"));
     // The guard is released once the body finished.
-    eventually("the streamed request leaves the in-flight count", || async {
-        r.in_flight("a").await == 0
-    })
+    eventually(
+        "the streamed request leaves the in-flight count",
+        || async { r.in_flight("a").await == 0 },
+    )
     .await;
     r.stop().await;
 }

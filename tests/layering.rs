@@ -117,7 +117,10 @@ fn code_only(src: &str) -> String {
             out.push_str("\"\"");
         } else if b[i] == b'\'' && i + 2 < b.len() && (b[i + 2] == b'\'' || b[i + 1] == b'\\') {
             // A char literal ('x' or '\n'); lifetimes ('a) are left alone.
-            let end = b[i + 1..].iter().position(|&c| c == b'\'').map_or(b.len(), |p| i + 2 + p);
+            let end = b[i + 1..]
+                .iter()
+                .position(|&c| c == b'\'')
+                .map_or(b.len(), |p| i + 2 + p);
             i = end;
         } else {
             out.push(b[i] as char);
@@ -336,7 +339,10 @@ fn no_file_imports_a_file_that_imports_it_back() {
     for (from, to) in [
         ("src/http/completions.rs", "src/proxy/mod.rs"),
         ("src/plane/consume.rs", "src/fleet_actor.rs"),
-        ("src/core/kv_events/decode.rs", "src/core/kv_events/value.rs"),
+        (
+            "src/core/kv_events/decode.rs",
+            "src/core/kv_events/value.rs",
+        ),
     ] {
         assert!(
             edges[&ws.join(from)].contains(&ws.join(to)),
@@ -382,7 +388,10 @@ fn the_checker_sees_loops_and_resolves_paths() {
     .into_iter()
     .collect();
     let y = vec!["x".to_owned(), "y".to_owned()];
-    assert_eq!(resolve("super::super::z::Thing", &y, &mods), Some(vec!["z".into()]));
+    assert_eq!(
+        resolve("super::super::z::Thing", &y, &mods),
+        Some(vec!["z".into()])
+    );
     assert_eq!(resolve("crate::x::y::f", &[], &mods), Some(y.clone()));
     assert_eq!(resolve("std::fmt", &y, &mods), None);
     assert_eq!(

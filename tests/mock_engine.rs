@@ -365,7 +365,8 @@ async fn engine_batches_match_vllms_bytes() {
     let tokens: Vec<u32> = (1000..1016).collect();
     drop(engine.admit(&tokens).await);
     let mut stored = rx.recv().await.unwrap();
-    let want = cache_router_core::kv_events::decode_batch(&fixture("01-stored-1block-root")).unwrap();
+    let want =
+        cache_router_core::kv_events::decode_batch(&fixture("01-stored-1block-root")).unwrap();
     stored.ts = want.ts;
     match (&mut stored.events[..], &want.events[..]) {
         ([KvEvent::BlockStored(got)], [KvEvent::BlockStored(w)]) => {

@@ -4,7 +4,6 @@
 //! the same port and store, clients reconnect, and dropping it removes the server and its
 //! store.
 
-
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};

@@ -20,7 +20,9 @@ use cache_router_core::index::WorkerIdx;
 use cache_router_core::liveness::Liveness;
 use cache_router_core::policy::WorkerLoad;
 use cache_router_testkit::eventually;
-use cache_router_testkit::scripted_engine::{closed_port, sse_event, Engine, Event, Reply, SSE_DONE};
+use cache_router_testkit::scripted_engine::{
+    closed_port, sse_event, Engine, Event, Reply, SSE_DONE,
+};
 
 /// Uncached prefill blocks the test router charges every request.
 const UNCACHED: u32 = 7;
@@ -146,7 +148,9 @@ impl TestRouter {
     }
 
     fn failures(&self, worker: WorkerIdx) -> u32 {
-        self.liveness.of(worker, Instant::now()).consecutive_failures
+        self.liveness
+            .of(worker, Instant::now())
+            .consecutive_failures
     }
 
     fn idle(&self) -> bool {
@@ -607,7 +611,11 @@ async fn repeated_failures_eject_a_worker_in_the_shared_record() {
             "round {i}"
         );
         let resp = router.post("{}").await;
-        assert_eq!(resp.status(), StatusCode::OK, "failed over to the good engine");
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "failed over to the good engine"
+        );
         assert_eq!(resp.headers()[WORKER_HEADER], "engine-1");
     }
     assert_eq!(failing.hits(), EJECT_AFTER as usize);

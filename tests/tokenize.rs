@@ -35,7 +35,6 @@
 //! The measurement of cold against warm encoding is an ignored test:
 //! `cargo test --release --test tokenize -- --ignored --nocapture`.
 
-
 use std::time::{Duration, Instant};
 
 use cache_router::tokenize::{ChatMessage, ModelTokenizer, SplitMode};

@@ -125,7 +125,6 @@ fn server_list(url: &str) -> Result<Vec<ServerAddr>, BusError> {
     Ok(servers)
 }
 
-
 /// Limits of the event stream and the registry.
 #[derive(Clone, Debug, clap::Args)]
 pub struct StreamArgs {
@@ -186,7 +185,6 @@ impl Default for StreamArgs {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,4 +199,3 @@ mod tests {
         assert!(server_list(" , ").is_err());
     }
 }
-

@@ -9,8 +9,9 @@ fn parse(s: &str, bare: fn(u64) -> Duration, unit: &str) -> Result<Duration, Str
     if let Ok(n) = s.parse::<u64>() {
         return Ok(bare(n));
     }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. 10s, 500ms, or a number of {unit}"))
+    humantime::parse_duration(s).map_err(|e| {
+        format!("{s:?} is not a duration ({e}); write e.g. 10s, 500ms, or a number of {unit}")
+    })
 }
 
 /// A duration; a bare number is milliseconds.

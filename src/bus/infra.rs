@@ -1,6 +1,5 @@
 //! The JetStream objects a fleet uses, created idempotently by whoever starts first.
 
-
 use async_nats::jetstream::{self, kv, object_store, stream};
 use async_nats::Client;
 
@@ -80,7 +79,6 @@ pub async fn ensure_infra(
         snapshots,
     })
 }
-
 
 /// [`ensure_infra`], retried with backoff until it succeeds (the servers may still be starting,
 /// or a cluster still electing its leader) or `shutdown` fires (None).

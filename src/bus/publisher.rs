@@ -273,7 +273,8 @@ async fn answer_resync(inner: &Inner, reply: async_nats::Subject) -> Result<(), 
             total,
             entries: chunks.next().map(<[_]>::to_vec).unwrap_or_default(),
         };
-        let bytes = rmp_serde::to_vec(&chunk).map_err(cache_router_core::protocol::EncodeError::from)?;
+        let bytes =
+            rmp_serde::to_vec(&chunk).map_err(cache_router_core::protocol::EncodeError::from)?;
         inner
             .client
             .publish(reply.clone(), bytes.into())

@@ -64,6 +64,8 @@ pub async fn keep_registered(
     }
     match kv.delete(&key).await {
         Ok(()) => tracing::info!(worker = %key, "deregistered"),
-        Err(e) => tracing::warn!(worker = %key, "deregistration failed (the entry will lapse): {e}"),
+        Err(e) => {
+            tracing::warn!(worker = %key, "deregistration failed (the entry will lapse): {e}")
+        }
     }
 }

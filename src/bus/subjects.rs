@@ -57,4 +57,3 @@ impl Subjects {
         format!("{}-snapshots", self.prefix)
     }
 }
-

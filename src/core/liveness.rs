@@ -197,10 +197,16 @@ mod tests {
         // A failure reported during the ejection (a request in flight) changes nothing.
         assert!(!h.record_failure(w(0), t0 + 3 * SEC));
         // Tried again after the ejection: one more failure ejects it for twice as long.
-        assert!(h.record_failure(w(0), t0 + 7 * SEC), "second ejection: 10 s");
+        assert!(
+            h.record_failure(w(0), t0 + 7 * SEC),
+            "second ejection: 10 s"
+        );
         assert!(h.is_ejected(w(0), t0 + 16 * SEC));
         assert!(!h.is_ejected(w(0), t0 + 17 * SEC));
-        assert!(h.record_failure(w(0), t0 + 17 * SEC), "third ejection: 20 s");
+        assert!(
+            h.record_failure(w(0), t0 + 17 * SEC),
+            "third ejection: 20 s"
+        );
         assert!(h.is_ejected(w(0), t0 + 36 * SEC));
         assert!(!h.is_ejected(w(0), t0 + 37 * SEC));
         assert_eq!(h.of(w(0), t0 + 20 * SEC).ejections, 3);

@@ -8,7 +8,6 @@
 
 use std::time::{Duration, Instant};
 
-
 use serde::Serialize;
 
 use crate::fleet::Fleet;
@@ -83,7 +82,12 @@ impl PeerLoads {
 
     /// Records `router`'s report received at `at`; false when it was refused (too many
     /// routers).
-    pub fn update(&mut self, router: &str, at: Instant, loads: Vec<(WorkerIdx, WorkerLoad)>) -> bool {
+    pub fn update(
+        &mut self,
+        router: &str,
+        at: Instant,
+        loads: Vec<(WorkerIdx, WorkerLoad)>,
+    ) -> bool {
         if !self.reports.contains_key(router) && self.reports.len() >= MAX_PEER_ROUTERS {
             self.expire(at);
             if self.reports.len() >= MAX_PEER_ROUTERS {
@@ -571,12 +575,18 @@ mod tests {
         assert_eq!(p.load(a, t0 + Duration::from_secs(1)), l(3, 5.0));
         assert_eq!(p.load(b, t0 + Duration::from_secs(1)), l(1, 1.0));
         // Both reports are from t0+1 s: gone at t0+3 s.
-        assert_eq!(p.load(a, t0 + Duration::from_secs(3)), WorkerLoad::default());
+        assert_eq!(
+            p.load(a, t0 + Duration::from_secs(3)),
+            WorkerLoad::default()
+        );
         assert_eq!(p.routers(t0 + Duration::from_secs(3)), 0);
         // A departed worker is forgotten.
         p.update("r3", t0 + Duration::from_secs(3), vec![(a, l(1, 1.0))]);
         p.forget_worker(a);
-        assert_eq!(p.load(a, t0 + Duration::from_secs(3)), WorkerLoad::default());
+        assert_eq!(
+            p.load(a, t0 + Duration::from_secs(3)),
+            WorkerLoad::default()
+        );
     }
 
     #[test]
@@ -587,7 +597,10 @@ mod tests {
             assert!(p.update(&format!("r{i}"), t0, Vec::new()));
         }
         assert!(!p.update("one-too-many", t0, Vec::new()));
-        assert!(p.update("r0", t0, Vec::new()), "a known router still updates");
+        assert!(
+            p.update("r0", t0, Vec::new()),
+            "a known router still updates"
+        );
         // Once the old ones expire there is room again.
         assert!(p.update("late", t0 + Duration::from_secs(5), Vec::new()));
     }
@@ -600,7 +613,12 @@ mod tests {
             None,
         );
         let q = req("m", &[1, 2, 3, 4]);
-        let first = r.route(&f, &NoLoad, &live(), &q).chosen().unwrap().worker.clone();
+        let first = r
+            .route(&f, &NoLoad, &live(), &q)
+            .chosen()
+            .unwrap()
+            .worker
+            .clone();
         let slot = f.worker(&first).unwrap().idx;
         // Another router has a long prefill queued on that worker.
         r.peers_mut().update(
@@ -615,7 +633,12 @@ mod tests {
                 },
             )],
         );
-        let second = r.route(&f, &NoLoad, &live(), &q).chosen().unwrap().worker.clone();
+        let second = r
+            .route(&f, &NoLoad, &live(), &q)
+            .chosen()
+            .unwrap()
+            .worker
+            .clone();
         assert_ne!(first, second, "the peer's load counts");
     }
 

@@ -229,8 +229,14 @@ mod tests {
         assert!(Sequencer::replay_complete(&(3..6), &[3, 4, 5]));
         assert!(Sequencer::replay_complete(&(3..3), &[]));
         assert!(!Sequencer::replay_complete(&(3..6), &[3, 5]), "a hole");
-        assert!(!Sequencer::replay_complete(&(3..6), &[4, 5]), "the oldest aged out");
-        assert!(!Sequencer::replay_complete(&(3..6), &[3, 5, 4]), "out of order");
+        assert!(
+            !Sequencer::replay_complete(&(3..6), &[4, 5]),
+            "the oldest aged out"
+        );
+        assert!(
+            !Sequencer::replay_complete(&(3..6), &[3, 5, 4]),
+            "out of order"
+        );
     }
 
     #[test]
@@ -240,9 +246,17 @@ mod tests {
         assert_eq!(s.tail_probe(now), None, "nothing applied yet");
         s.classify(0, b"a", now);
         s.applied(0, b"a");
-        assert_eq!(s.tail_probe(now + Duration::from_millis(10)), None, "just spoke");
+        assert_eq!(
+            s.tail_probe(now + Duration::from_millis(10)),
+            None,
+            "just spoke"
+        );
         assert_eq!(s.tail_probe(now + TAIL_QUIET), Some(1));
-        assert_eq!(s.tail_run(&[1, 2, 4]), 0..2, "only the run that continues the stream");
+        assert_eq!(
+            s.tail_run(&[1, 2, 4]),
+            0..2,
+            "only the run that continues the stream"
+        );
         assert_eq!(s.tail_run(&[2, 3]), 0..0);
     }
 
@@ -254,9 +268,15 @@ mod tests {
         for i in 0..n {
             s.applied(i, &i.to_le_bytes());
         }
-        assert_eq!(s.classify(n - 1, &(n - 1).to_le_bytes(), now), Live::Duplicate);
+        assert_eq!(
+            s.classify(n - 1, &(n - 1).to_le_bytes(), now),
+            Live::Duplicate
+        );
         // The oldest fell out of the window: seen again it reads as a restart (and the
         // reporter then resyncs, which is safe).
-        assert_eq!(s.classify(0, &0u64.to_le_bytes(), now), Live::Restart { missing: 0..0 });
+        assert_eq!(
+            s.classify(0, &0u64.to_le_bytes(), now),
+            Live::Restart { missing: 0..0 }
+        );
     }
 }

@@ -127,4 +127,3 @@ impl Children {
 
 /// How long one child may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-

@@ -371,7 +371,9 @@ async fn run_rounds(
         }
         // A reporter or engine that died mid-run would make the numbers meaningless.
         children.check_all()?;
-        children.stop_tier(TIER_ROUTER, args.shutdown_grace, force).await;
+        children
+            .stop_tier(TIER_ROUTER, args.shutdown_grace, force)
+            .await;
         failed.insert(policy.name().into(), replay.failures.into());
         total_failed += replay.failures;
         if replay.failures > 0 {
@@ -425,7 +427,11 @@ async fn run_rounds(
     if let Some(path) = &args.json {
         report::write_json(path, &results, &predicted, &failed)?;
     }
-    let slug = if args.trace.is_some() { "trace" } else { "chat-rag" };
+    let slug = if args.trace.is_some() {
+        "trace"
+    } else {
+        "chat-rag"
+    };
     let title = format!(
         "live demo, {}: {} engines x {} blocks",
         workload.name,

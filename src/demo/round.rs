@@ -45,7 +45,10 @@ pub(super) async fn run(
             cancel,
             || {
                 let port = free_port()?;
-                Ok((port, router_args(s.args, policy, port, s.nats_url, s.block_size)))
+                Ok((
+                    port,
+                    router_args(s.args, policy, port, s.nats_url, s.block_size),
+                ))
             },
             |port| {
                 let client = s.client.clone();
@@ -104,7 +107,12 @@ fn router_args(args: &DemoArgs, policy: PolicyKind, port: u16, nats: &str, bs: u
         c.seed.to_string(),
         // Less than the demo waits: the router drains, then exits by itself.
         "--shutdown-grace".into(),
-        format!("{}ms", (args.shutdown_grace / 3).max(Duration::from_secs(1)).as_millis()),
+        format!(
+            "{}ms",
+            (args.shutdown_grace / 3)
+                .max(Duration::from_secs(1))
+                .as_millis()
+        ),
     ]
 }
 

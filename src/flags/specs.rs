@@ -28,9 +28,11 @@ pub fn static_worker(s: &str) -> Result<StaticWorker, String> {
     let id = WorkerId(id.to_owned());
     id.validate().map_err(|e| e.to_string())?;
     if !url.starts_with("http://") {
-        return Err("the URL must start with http:// (this build proxies to engines over plain \
+        return Err(
+            "the URL must start with http:// (this build proxies to engines over plain \
                     HTTP; TLS to engines is not built in)"
-            .into());
+                .into(),
+        );
     }
     Ok(StaticWorker {
         id,
@@ -65,10 +67,19 @@ mod tests {
     #[test]
     fn workers_with_optional_model() {
         let w = static_worker("a=http://127.0.0.1:1/").unwrap();
-        assert_eq!((w.id.0.as_str(), w.url.as_str(), w.model), ("a", "http://127.0.0.1:1", None));
+        assert_eq!(
+            (w.id.0.as_str(), w.url.as_str(), w.model),
+            ("a", "http://127.0.0.1:1", None)
+        );
         let w = static_worker("b=http://h:2,model=qwen").unwrap();
         assert_eq!(w.model.as_deref(), Some("qwen"));
-        for bad in ["nourl", "a.b=http://x", "a=ftp://x", "a=https://x", "a=http://x,model="] {
+        for bad in [
+            "nourl",
+            "a.b=http://x",
+            "a=ftp://x",
+            "a=https://x",
+            "a=http://x,model=",
+        ] {
             assert!(static_worker(bad).is_err(), "{bad}");
         }
     }

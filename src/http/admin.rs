@@ -80,10 +80,22 @@ pub(super) async fn workers(State(state): State<AppState>) -> Response {
     Json(json!({ "workers": workers })).into_response()
 }
 
-/// `GET /admin/index`: index and fleet counters.
+/// `GET /admin/index`: index and fleet counters, and each worker's digest (block count and
+/// an order-independent checksum, in hex): two routers on one stream must show the same.
 pub(super) async fn index(State(state): State<AppState>) -> Response {
     let stats = state.fleet.stats().await.unwrap_or_default();
+    let digests: serde_json::Map<String, serde_json::Value> = stats
+        .digests
+        .iter()
+        .map(|(id, d)| {
+            (
+                id.clone(),
+                json!({"blocks": d.block_count, "checksum": format!("{:016x}", d.checksum)}),
+            )
+        })
+        .collect();
     Json(json!({
+        "workers": digests,
         "entries": stats.index.entries,
         "distinct_blocks": stats.index.distinct_blocks,
         "evictions": stats.index.evictions,

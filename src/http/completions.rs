@@ -145,8 +145,7 @@ pub(super) async fn proxy(state: &AppState, endpoint: Endpoint, req: Request) ->
             )));
         }
         m.request_blocks.inc_by(o.blocks as u64);
-        m.overlap_blocks
-            .inc_by(u64::from(o.candidates[0].overlap));
+        m.overlap_blocks.inc_by(u64::from(o.candidates[0].overlap));
         let targets: Vec<Target> = o
             .candidates
             .iter()

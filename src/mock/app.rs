@@ -18,8 +18,8 @@ use super::engine::MockEngine;
 use super::{metrics, MockError, MockWorkerArgs};
 use crate::openai::ApiError;
 use crate::openai::{self, Endpoint, Input};
-use cache_router_core::kv_events::KvEventBatch;
 use crate::tokenize::{ChatMessage, ModelTokenizer};
+use cache_router_core::kv_events::KvEventBatch;
 
 /// The dummy text of one output token.
 const TOKEN_TEXT: &str = " token";

@@ -5,8 +5,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{MockError, MockWorkerArgs};
-use cache_router_core::kv_events::Layout;
 use cache_router_bus::zmq::{DropControl, EnginePublisher, EnginePublisherConfig};
+use cache_router_core::kv_events::Layout;
 
 /// A running KV event publisher: send batches into `events`.
 #[derive(Debug)]

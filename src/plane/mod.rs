@@ -100,9 +100,10 @@ pub(crate) async fn start(
 ) -> Result<EventPlane, BusError> {
     let started = Instant::now();
     let subjects = config.nats.subjects();
-    let infra = cache_router_bus::infra::wait_for_infra(&client, &subjects, &config.limits, &shutdown)
-        .await
-        .ok_or_else(|| BusError::Config("stopped before JetStream was usable".into()))?;
+    let infra =
+        cache_router_bus::infra::wait_for_infra(&client, &subjects, &config.limits, &shutdown)
+            .await
+            .ok_or_else(|| BusError::Config("stopped before JetStream was usable".into()))?;
 
     let (fleet, mut needs) = restore(&infra, fleet_config).await;
     let info = infra

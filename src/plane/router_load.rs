@@ -34,7 +34,9 @@ pub(super) async fn publish(
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let Ok(workers) = handle.in_flight().await else { break };
+        let Ok(workers) = handle.in_flight().await else {
+            break;
+        };
         let report = RouterLoad {
             version: PROTOCOL_VERSION,
             router: router.clone(),

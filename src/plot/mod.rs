@@ -34,8 +34,12 @@ mod tests {
         let mut buf = vec![255u8; (w * h * 3) as usize];
         {
             let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-            root.draw(&Text::new("TTFT p99 µs ≥", (5, 15), (FAMILY, 24).into_font()))
-                .unwrap();
+            root.draw(&Text::new(
+                "TTFT p99 µs ≥",
+                (5, 15),
+                (FAMILY, 24).into_font(),
+            ))
+            .unwrap();
             root.present().unwrap();
         }
         let inked = buf.iter().filter(|&&b| b < 128).count();

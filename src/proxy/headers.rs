@@ -67,7 +67,6 @@ pub(super) fn response_headers(engine: &HeaderMap) -> HeaderMap {
     out
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

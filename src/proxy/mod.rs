@@ -28,9 +28,9 @@ mod headers;
 mod inflight;
 mod passthrough;
 
-pub use inflight::InFlight;
-use inflight::Guard;
 use headers::{forwarded_headers, response_headers};
+use inflight::Guard;
+pub use inflight::InFlight;
 use passthrough::Passthrough;
 
 /// Response header naming the worker that served a request.
@@ -179,7 +179,9 @@ impl Proxy {
                 }
             };
             drop(guard);
-            let ejected = self.liveness.record_failure(target.worker, crate::clock::now());
+            let ejected = self
+                .liveness
+                .record_failure(target.worker, crate::clock::now());
             tracing::warn!(
                 worker = %target.id,
                 %url,
@@ -193,12 +195,7 @@ impl Proxy {
         Err(final_error(&failures))
     }
 
-    fn respond(
-        &self,
-        target: &Target,
-        resp: reqwest::Response,
-        guard: Guard,
-    ) -> Forwarded {
+    fn respond(&self, target: &Target, resp: reqwest::Response, guard: Guard) -> Forwarded {
         let status = resp.status();
         let mut headers = response_headers(resp.headers());
         let worker_value = HeaderValue::from_str(&target.id)

@@ -79,7 +79,8 @@ impl Passthrough {
 
     fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Bytes, BodyError>>> {
         tracing::warn!(worker = %self.worker_id, error = %error_chain(&e), "engine response cut short");
-        self.liveness.record_failure(self.worker, crate::clock::now());
+        self.liveness
+            .record_failure(self.worker, crate::clock::now());
         self.finish();
         if self.sse {
             let message = match &e {
@@ -156,4 +157,3 @@ impl Drop for Passthrough {
         }
     }
 }
-

@@ -114,10 +114,17 @@ mod tests {
     fn durations_and_validation() {
         let a = parse(&["--digest-interval", "500ms", "--load-interval", "3"]).unwrap();
         assert_eq!(a.digest_interval, Duration::from_millis(500));
-        assert_eq!(a.load_interval, Duration::from_secs(3), "a bare number is seconds");
+        assert_eq!(
+            a.load_interval,
+            Duration::from_secs(3),
+            "a bare number is seconds"
+        );
         assert!(a.validate().is_ok());
         assert!(parse(&["--digest-interval", "2h5"]).is_err());
-        assert!(parse(&["--digest-interval", "0s"]).unwrap().validate().is_err());
+        assert!(parse(&["--digest-interval", "0s"])
+            .unwrap()
+            .validate()
+            .is_err());
         let mut bad_id = parse(&[]).unwrap();
         bad_id.worker_id = "a.b".into();
         assert!(bad_id.validate().is_err());

@@ -113,7 +113,10 @@ impl EventLoop {
     }
 
     async fn on_live(&mut self, seq: u64, payload: &[u8]) {
-        match self.sequencer.classify(seq, payload, std::time::Instant::now()) {
+        match self
+            .sequencer
+            .classify(seq, payload, std::time::Instant::now())
+        {
             Live::Apply => {}
             Live::Duplicate => {
                 bump(&self.stats.duplicates);

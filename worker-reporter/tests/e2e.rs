@@ -6,7 +6,9 @@
 
 use cache_router::{FleetHandle, RunningRouter};
 use cache_router_core::protocol::BlockHash;
-use cache_router_testkit::engines::{start_engine, start_reporter, Engine, EngineSpec, ReporterSpec};
+use cache_router_testkit::engines::{
+    start_engine, start_reporter, Engine, EngineSpec, ReporterSpec,
+};
 use cache_router_testkit::nats::NatsServer;
 use cache_router_testkit::traffic::Traffic;
 use cache_router_testkit::{eventually, routers};
@@ -42,9 +44,10 @@ async fn router_epoch(h: &FleetHandle) -> Option<u64> {
 
 /// Waits until the router's view equals the engine's cache (state converges asynchronously).
 async fn converge(h: &FleetHandle, t: &Traffic, engine: &Engine, what: &str) {
-    eventually(&format!("{what}: the router's view equals the engine's cache"), || async {
-        router_view(h).await == t.expected(engine)
-    })
+    eventually(
+        &format!("{what}: the router's view equals the engine's cache"),
+        || async { router_view(h).await == t.expected(engine) },
+    )
     .await;
 }
 
@@ -116,16 +119,27 @@ async fn dropped_events_are_recovered_by_replay() {
     t.send(engine.url(), 40).await;
     converge(h, &t, &engine, "after 30% of batches were dropped").await;
     let dropped = engine.mock.drop.as_ref().unwrap().dropped();
-    assert!(dropped > 0, "the engine dropped no batch: nothing was tested");
+    assert!(
+        dropped > 0,
+        "the engine dropped no batch: nothing was tested"
+    );
     let stats = rep.stats();
     assert!(
         stats.replayed() >= dropped,
         "{dropped} batches dropped, only {} replayed",
         stats.replayed()
     );
-    assert_eq!(stats.resyncs(), 0, "recovered by replay, not by a new epoch");
+    assert_eq!(
+        stats.resyncs(),
+        0,
+        "recovered by replay, not by a new epoch"
+    );
     assert_eq!(stats.restarts(), 0);
-    assert_eq!(router_epoch(h).await, Some(epoch), "the worker's epoch never changed");
+    assert_eq!(
+        router_epoch(h).await,
+        Some(epoch),
+        "the worker's epoch never changed"
+    );
     let resyncs = h.stats().await.unwrap().counters.resyncs_total();
     assert_eq!(resyncs, 0, "the router never resynced the worker");
 }

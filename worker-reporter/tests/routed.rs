@@ -7,7 +7,9 @@ use serde_json::Value;
 use cache_router::proxy::WORKER_HEADER;
 use cache_router::FleetHandle;
 use cache_router_core::prom_text;
-use cache_router_testkit::engines::{start_engine, start_reporter, Engine, EngineSpec, ReporterSpec};
+use cache_router_testkit::engines::{
+    start_engine, start_reporter, Engine, EngineSpec, ReporterSpec,
+};
 use cache_router_testkit::nats::NatsServer;
 use cache_router_testkit::{eventually, routers, BLOCK_SIZE as BS, MODEL};
 
@@ -111,15 +113,13 @@ async fn a_repeated_request_lands_on_the_same_engine_and_hits_its_cache() {
     };
 
     // The first request's blocks reach the router's index through ZMQ → reporter → NATS.
-    eventually("the router's index holds the first request's blocks", || async {
-        fleet.worker_blocks(&first).await.map_or(0, |b| b.len()) >= full_blocks
-    })
+    eventually(
+        "the router's index holds the first request's blocks",
+        || async { fleet.worker_blocks(&first).await.map_or(0, |b| b.len()) >= full_blocks },
+    )
     .await;
 
-    let stats_before: Vec<_> = engines
-        .iter()
-        .map(|(_, e)| e.mock.engine.stats())
-        .collect();
+    let stats_before: Vec<_> = engines.iter().map(|(_, e)| e.mock.engine.stats()).collect();
     let metric_before = metric_hits(&http, engine(&first)).await;
 
     let (second, body) = complete(&http, &router, &prompt).await;

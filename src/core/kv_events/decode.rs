@@ -2,10 +2,9 @@
 //! seen in the wild is accepted, unknown event types and trailing fields are tolerated, and
 //! anything malformed is a typed [`DecodeError`], never a panic.
 
-use super::types::{BlockRemoved, BlockStored, EngineHash, KvEvent, KvEventBatch};
 use super::error::DecodeError;
+use super::types::{BlockRemoved, BlockStored, EngineHash, KvEvent, KvEventBatch};
 use super::value::{read_value, Value};
-
 
 fn type_err(field: &'static str, expected: &'static str, v: &Value) -> DecodeError {
     DecodeError::FieldType {

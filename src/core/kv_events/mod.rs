@@ -18,6 +18,6 @@ mod value;
 mod tests;
 
 pub use decode::decode_batch;
-pub use error::DecodeError;
 pub use encode::{encode_batch, Layout};
+pub use error::DecodeError;
 pub use types::{BlockRemoved, BlockStored, EngineHash, KvEvent, KvEventBatch};

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 
-use super::{decode_batch, encode_batch, Layout};
 use super::frames::{
     live_frames, parse_live, parse_replay_reply, read_bin, replay_reply, replay_request,
     END_OF_REPLAY,
 };
 use super::types::{BlockRemoved, BlockStored, EngineHash, KvEvent, KvEventBatch};
+use super::{decode_batch, encode_batch, Layout};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/vllm-kv-events");
 const VERSIONS: [(&str, Layout); 2] = [("v0.33.0", Layout::Maps), ("v0.23.0", Layout::Arrays)];

@@ -7,7 +7,6 @@
 
 use super::error::DecodeError;
 
-
 /// A msgpack value; ints are split by sign so that u64 >= 2^63 survives.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum Value {

@@ -286,7 +286,8 @@ mod tests {
 
     #[test]
     fn mooncake_trace_loads_and_chains() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/mooncake_trace.jsonl");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/mooncake_trace.jsonl");
         let w = load_mooncake(&path, 512, 1.0).unwrap();
         assert_eq!(w.requests.len(), 3993);
         let r0 = &w.requests[0];

@@ -44,7 +44,11 @@ impl std::fmt::Debug for NatsCluster {
             .field("network", &self.network)
             .field(
                 "nodes",
-                &self.nodes.iter().map(|n| (&n.name, n.port, n.running, n.connected)).collect::<Vec<_>>(),
+                &self
+                    .nodes
+                    .iter()
+                    .map(|n| (&n.name, n.port, n.running, n.connected))
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -85,7 +89,9 @@ impl NatsCluster {
             .await
             .expect("create the cluster network")
         });
-        let names: Vec<String> = (1..=n).map(|i| docker::unique_name(&format!("nats{i}"))).collect();
+        let names: Vec<String> = (1..=n)
+            .map(|i| docker::unique_name(&format!("nats{i}")))
+            .collect();
         let routes = names
             .iter()
             .map(|name| format!("nats://{name}:6222"))

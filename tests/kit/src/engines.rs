@@ -103,7 +103,10 @@ pub async fn start_engine(spec: EngineSpec) -> std::io::Result<Engine> {
         spec.drop_fraction.to_string(),
     ];
     if spec.replay {
-        argv.extend(["--kv-replay-endpoint".into(), format!("tcp://127.0.0.1:{}", p.replay)]);
+        argv.extend([
+            "--kv-replay-endpoint".into(),
+            format!("tcp://127.0.0.1:{}", p.replay),
+        ]);
     }
     let args = MockCli::parse_from(argv).args;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", p.http)).await?;

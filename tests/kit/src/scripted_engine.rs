@@ -116,10 +116,7 @@ impl Engine {
 
     /// A raw HTTP/1.1 engine: reads one request, answers 200 with `content_type`, chunked,
     /// writes `first_chunk` and then waits, holding the connection, until [`kill`](Self::kill).
-    pub async fn start_dying(
-        content_type: &'static str,
-        first_chunk: &'static str,
-    ) -> Engine {
+    pub async fn start_dying(content_type: &'static str, first_chunk: &'static str) -> Engine {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind engine");
         let addr = listener.local_addr().unwrap();
         let (tx, events) = mpsc::unbounded_channel();

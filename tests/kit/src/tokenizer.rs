@@ -39,6 +39,9 @@ pub fn model_tokenizer(name: &str, block_size: usize) -> cache_router::tokenize:
 /// A router's model table serving `name` with the real tokenizer.
 pub fn models(name: &str, block_size: usize) -> cache_router::tokenize::Models {
     let mut m = cache_router::tokenize::Models::new();
-    m.insert(name.to_owned(), std::sync::Arc::new(model_tokenizer(name, block_size)));
+    m.insert(
+        name.to_owned(),
+        std::sync::Arc::new(model_tokenizer(name, block_size)),
+    );
     m
 }

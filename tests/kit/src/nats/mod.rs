@@ -55,7 +55,10 @@ fn choose() -> (Backend, String) {
                 docker::image_present(docker::NATS_IMAGE, &tag),
                 "CACHE_ROUTER_TEST_NATS=docker, but {image} is not built: run bash docker/build.sh"
             );
-            (Backend::Container, format!("CACHE_ROUTER_TEST_NATS=docker, {image}"))
+            (
+                Backend::Container,
+                format!("CACHE_ROUTER_TEST_NATS=docker, {image}"),
+            )
         }
         _ if !docker::engine_answers() => (
             Backend::Local,
@@ -63,15 +66,20 @@ fn choose() -> (Backend, String) {
         ),
         _ if !docker::image_present(docker::NATS_IMAGE, &tag) => (
             Backend::Local,
-            format!("Docker answers but {image} is not built (bash docker/build.sh): the local binary"),
+            format!(
+                "Docker answers but {image} is not built (bash docker/build.sh): the local binary"
+            ),
         ),
-        _ => (Backend::Container, format!("Docker answers and {image} is built")),
+        _ => (
+            Backend::Container,
+            format!("Docker answers and {image} is built"),
+        ),
     }
 }
 
 #[derive(Debug)]
 enum Server {
-    Container(ContainerNats),
+    Container(Box<ContainerNats>),
     Local(LocalNats),
 }
 
@@ -92,7 +100,7 @@ impl NatsServer {
     /// Starts a server on `backend`, whatever the environment asks for.
     pub fn start_on(backend: Backend) -> NatsServer {
         let server = match backend {
-            Backend::Container => Server::Container(ContainerNats::start()),
+            Backend::Container => Server::Container(Box::new(ContainerNats::start())),
             Backend::Local => Server::Local(LocalNats::start()),
         };
         NatsServer { server }
