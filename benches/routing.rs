@@ -185,7 +185,8 @@ async fn run(workers: usize, samples: usize) {
     let infos: Vec<WorkerInfo> = (0..workers)
         .map(|i| WorkerInfo {
             id: format!("w{i:04}").as_str().into(),
-            url: format!("http://127.0.0.1:9/{i}"),
+            // Never contacted: one port per worker (a registry URL is host:port only).
+            url: format!("http://127.0.0.1:{}", 10_000 + i),
             model: "bench".into(),
             block_size: 16,
             epoch: 1,

@@ -287,12 +287,13 @@ async fn start_reporters(
     let ttl = limits.registry_ttl;
     let mut publishers = Vec::new();
     let mut starts = Vec::new();
-    for w in fleet {
+    for (i, w) in fleet.into_iter().enumerate() {
         let (subjects, id) = (args.subjects(), w.id.clone());
         let p = Publisher::new(conn.clone(), subjects, id.clone(), 1, GRACE).expect("worker id");
         publishers.push(p.clone());
-        // Never contacted: /route only decides.
-        let url = format!("http://127.0.0.1:9/{id}");
+        // Never contacted: /route only decides. One port per worker (a registry URL is
+        // host:port only).
+        let url = format!("http://127.0.0.1:{}", 10_000 + i);
         let (model, block_size) = (MODEL.to_owned(), BLOCK_SIZE as u32);
         let info = WorkerInfo {
             id,

@@ -55,6 +55,8 @@ pub(crate) enum Command {
     ResyncDone(SyncResult),
     Register(WorkerInfo),
     Deregister(WorkerId),
+    /// Purge workers that stayed unregistered (see [`Fleet::purge_unregistered`]).
+    PurgeUnregistered,
     Load(WorkerId, Load),
     /// Decide where a request goes.
     Route(RouteRequest, oneshot::Sender<RouteOutcome>),
@@ -108,6 +110,8 @@ pub struct FleetStats {
     pub workers: usize,
     /// Registered workers.
     pub registered: usize,
+    /// Bytes buffered while resyncs are pending.
+    pub resync_buffered_bytes: usize,
     /// Models served by registered workers.
     pub models: BTreeSet<String>,
     /// Each known worker's index digest (block count, order-independent checksum), by id:
@@ -374,6 +378,20 @@ impl Actor {
                     tracing::info!(worker = %id, "worker left: purged from the index");
                 }
             }
+            Command::PurgeUnregistered => {
+                let purged = fleet.purge_unregistered();
+                for (id, slot) in &purged {
+                    self.parts.routing.forget_worker(*slot);
+                    self.parts.liveness.forget(*slot);
+                    tracing::debug!(worker = %id, "never registered: purged");
+                }
+                if !purged.is_empty() {
+                    tracing::warn!(
+                        purged = purged.len(),
+                        "purged workers known only from events (no registry entry)"
+                    );
+                }
+            }
             Command::Load(id, load) => fleet.update_load(&id, load),
             Command::Route(req, reply) => {
                 let outcome = self.parts.routing.route(
@@ -483,6 +501,7 @@ impl Actor {
             index_heap_bytes: f.index().heap_bytes(),
             workers: f.workers().count(),
             registered: registered.len(),
+            resync_buffered_bytes: f.buffered_bytes(),
             models: registered.iter().map(|i| i.model.clone()).collect(),
             digests: f
                 .workers()

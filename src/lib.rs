@@ -27,6 +27,7 @@
 //!   accounting.
 //! - `openai`: request parsing and errors in OpenAI's shape (shared with the mock engine).
 //! - `metrics`: every metric declared once, exposed with `prometheus-client`.
+//! - `worker_url`: a worker URL is `http://host:port` only, optionally from an allow-list.
 //! - [`tokenize`]: chat templates and HF tokenizers, with a piece cache.
 //! - [`flags`]: flag groups and value parsers shared by the subcommands.
 //! - Tools, not on the request path: [`mock`] (a vLLM simulator speaking vLLM's wire
@@ -52,9 +53,12 @@ mod openai;
 mod plane;
 
 mod server;
+mod worker_url;
 
 pub use cache_router_core::liveness::EjectionPolicy;
 pub use fleet_actor::{FleetHandle, FleetOffline, FleetStats, WorkerView};
+pub use http::listener::ConnectionLimits;
 pub use server::{
     serve, NatsConfig, Router, RouterConfig, RouterCounters, RouterError, RunningRouter,
 };
+pub use worker_url::{AllowList, BadWorkerUrl};

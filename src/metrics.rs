@@ -72,6 +72,36 @@ impl BadMessage {
     }
 }
 
+/// Why a registry entry was refused.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Rejected {
+    Malformed,
+    /// Its id is not its key (or not a valid id).
+    OtherWorker,
+    /// Its URL is more than `http://host:port`.
+    Url,
+    /// Its host is not in `--allow-worker-host`.
+    HostNotAllowed,
+}
+
+impl Rejected {
+    const ALL: [Rejected; 4] = [
+        Rejected::Malformed,
+        Rejected::OtherWorker,
+        Rejected::Url,
+        Rejected::HostNotAllowed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Rejected::Malformed => "malformed",
+            Rejected::OtherWorker => "other_worker",
+            Rejected::Url => "url",
+            Rejected::HostNotAllowed => "host_not_allowed",
+        }
+    }
+}
+
 /// What the event plane counts.
 #[derive(Debug, Default)]
 pub(crate) struct PlaneMetrics {
@@ -81,10 +111,12 @@ pub(crate) struct PlaneMetrics {
     pub(crate) load_messages: Counter,
     /// Other routers' in-flight reports applied.
     pub(crate) router_load_messages: Counter,
-    pub(crate) registry_errors: Counter,
+    registry_rejected: Family<ReasonLabel, Counter>,
     /// Registry sweeps that found lapsed entries but purged none (the registry in trouble).
     pub(crate) registry_suspended: Counter,
     resync_fetches: Family<ResultLabel, Counter>,
+    /// Resyncs that waited before starting (a worker resyncing again and again).
+    pub(crate) resyncs_paced: Counter,
     /// Duration of the last successful resync fetch, in microseconds.
     pub(crate) resync_last_us: Gauge,
     pub(crate) snapshots_written: Counter,
@@ -108,6 +140,26 @@ impl PlaneMetrics {
                 reason: why.label(),
             })
             .map_or(0, |c| c.get())
+    }
+
+    pub(crate) fn registry_rejected(&self, why: Rejected) {
+        self.registry_rejected
+            .get_or_create(&ReasonLabel {
+                reason: why.label(),
+            })
+            .inc();
+    }
+
+    /// Registry entries refused, for any reason.
+    pub(crate) fn registry_rejections(&self) -> u64 {
+        Rejected::ALL
+            .into_iter()
+            .map(|r| {
+                self.registry_rejected
+                    .get(&ReasonLabel { reason: r.label() })
+                    .map_or(0, |c| c.get())
+            })
+            .sum()
     }
 
     pub(crate) fn resync_fetch(&self, ok: bool) {
@@ -172,6 +224,13 @@ pub(crate) struct HttpMetrics {
     pub(crate) request_blocks: Counter,
     pub(crate) overlap_blocks: Counter,
     pub(crate) proxy_errors: Counter,
+    pub(crate) connections_accepted: Counter,
+    /// Closed at once because `--max-connections` were open.
+    pub(crate) connections_refused: Counter,
+    /// Prompts waiting for or holding a tokenizer slot, ordinary lane.
+    pub(crate) tokenize_lane_normal: Gauge,
+    /// The same, huge-prompt lane.
+    pub(crate) tokenize_lane_huge: Gauge,
 }
 
 impl HttpMetrics {
@@ -236,9 +295,9 @@ impl RouterMetrics {
             p.router_load_messages.clone(),
         );
         r.register(
-            "cache_router_registry_errors",
-            "Registry entries rejected",
-            p.registry_errors.clone(),
+            "cache_router_registry_rejected",
+            "Registry entries refused, by reason",
+            p.registry_rejected.clone(),
         );
         r.register(
             "cache_router_registry_suspended",
@@ -249,6 +308,11 @@ impl RouterMetrics {
             "cache_router_resync_fetches",
             "Resync fetches, by result",
             p.resync_fetches.clone(),
+        );
+        r.register(
+            "cache_router_resyncs_paced",
+            "Resyncs delayed because the same worker resynced shortly before (backoff)",
+            p.resyncs_paced.clone(),
         );
         r.register(
             "cache_router_resync_last_us",
@@ -296,6 +360,27 @@ impl RouterMetrics {
             "Requests that failed on every attempted worker",
             h.proxy_errors.clone(),
         );
+        r.register(
+            "cache_router_connections_accepted",
+            "Client connections accepted",
+            h.connections_accepted.clone(),
+        );
+        r.register(
+            "cache_router_connections_refused",
+            "Client connections closed at once because --max-connections were open",
+            h.connections_refused.clone(),
+        );
+        for (lane, gauge) in [
+            ("normal", &h.tokenize_lane_normal),
+            ("huge", &h.tokenize_lane_huge),
+        ] {
+            r.sub_registry_with_label(("lane".into(), lane.into()))
+                .register(
+                    "cache_router_tokenize_queue",
+                    "Prompts waiting for or holding a tokenizer slot, by lane",
+                    gauge.clone(),
+                );
+        }
         r.register_collector(Box::new(HttpCollector(http.clone())));
         r.register_collector(Box::new(fleet.clone()));
         r.register_collector(Box::new(InFlightCollector(inflight)));
@@ -445,6 +530,27 @@ impl Collector for FleetCollector {
             "Duplicate messages dropped",
             c.duplicates,
         )?;
+        let mut dropped = encoder.encode_descriptor(
+            "cache_router_event_drops",
+            "Event messages dropped by the fleet's bounds and rules, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, v) in [
+            ("stale_epoch", c.stale_epoch),
+            ("resync_buffer_overflow", c.buffer_dropped),
+            ("no_slot", c.no_slot),
+            ("unregistered_quarantine_full", c.unregistered_dropped),
+            ("ahead_of_resync", c.ahead_dropped),
+        ] {
+            ConstCounter::new(v).encode(dropped.encode_family(&[("reason", reason)])?)?;
+        }
+        const_counter(
+            &mut encoder,
+            "cache_router_unregistered_purged",
+            "Workers known only from events (never registered) purged or evicted",
+            c.unregistered_purged + c.unregistered_evicted,
+        )?;
         let mut resyncs = encoder.encode_descriptor(
             "cache_router_resyncs",
             "Resyncs started, by cause",
@@ -479,6 +585,12 @@ impl Collector for FleetCollector {
             "cache_router_index_evictions",
             "Entries dropped by the memory bound",
             f.index.evictions,
+        )?;
+        const_gauge(
+            &mut encoder,
+            "cache_router_resync_buffer_bytes",
+            "Bytes of messages buffered while resyncs are pending",
+            gauge(f.resync_buffered_bytes),
         )?;
         const_gauge(
             &mut encoder,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use cache_router::flags::{duration, policy_kind, ExtraModel, PolicyArgs, StaticWorker};
+use cache_router::proxy::EngineAuth;
 use cache_router::tokenize::{ModelTokenizer, Models};
 use cache_router::{NatsConfig, RouterConfig, RouterError};
 use cache_router_bus::{NatsArgs, StreamArgs};
@@ -55,12 +56,45 @@ pub(crate) struct ServeArgs {
     policy: Option<PolicyKind>,
     #[command(flatten)]
     policy_config: PolicyArgs,
-    /// Bearer token for /admin/*; unset disables them.
-    #[arg(long, env = "CACHE_ROUTER_ADMIN_TOKEN", hide_env_values = true)]
+    /// Bearer token for /admin/*; unset disables them. Prefer --admin-token-file: a flag's
+    /// value shows in the process list.
+    #[arg(
+        long,
+        env = "CACHE_ROUTER_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
     admin_token: Option<String>,
-    /// Larger request bodies get 413.
+    /// A file holding the bearer token for /admin/* (a trailing newline is ignored).
+    #[arg(long, env = "CACHE_ROUTER_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Larger request bodies get 413 (before the body is read, when Content-Length says so).
     #[arg(long, env = "CACHE_ROUTER_MAX_BODY_BYTES", default_value_t = 8 << 20)]
     max_body_bytes: usize,
+    /// Prompts with more tokens get 400 (a body too large to fit is refused before it is
+    /// tokenized).
+    #[arg(
+        long,
+        env = "CACHE_ROUTER_MAX_PROMPT_TOKENS",
+        default_value_t = 131_072
+    )]
+    max_prompt_tokens: usize,
+    /// Time for a client to send a request's headers, also the longest a keep-alive
+    /// connection may sit idle, e.g. 30s.
+    #[arg(long, env = "CACHE_ROUTER_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = duration::ms)]
+    header_read_timeout: Duration,
+    /// Client connections open at most; past it a new connection is closed at once.
+    #[arg(long, env = "CACHE_ROUTER_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// A host workers may be on: a CIDR network (10.0.0.0/8), an address, a host name or
+    /// `*.suffix` (repeatable; comma-separated in the environment). Registry entries naming
+    /// another host are refused and counted. Default: any host.
+    #[arg(
+        long = "allow-worker-host",
+        env = "CACHE_ROUTER_ALLOW_WORKER_HOSTS",
+        value_delimiter = ','
+    )]
+    allow_worker_hosts: Vec<String>,
     /// Worker slots tracked for in-flight accounting and liveness.
     #[arg(long, env = "CACHE_ROUTER_MAX_WORKERS", default_value_t = 4096)]
     max_workers: usize,
@@ -71,6 +105,22 @@ pub(crate) struct ServeArgs {
     /// milliseconds).
     #[arg(long = "first-byte-timeout", alias = "first-byte-timeout-ms", env = "CACHE_ROUTER_FIRST_BYTE_TIMEOUT_MS", default_value = "60s", value_parser = duration::ms)]
     first_byte_timeout: Duration,
+    /// Time allowed for a non-streaming request's whole answer (its headers come only when
+    /// generation is done), e.g. 10m; a timeout is not retried elsewhere.
+    #[arg(long, env = "CACHE_ROUTER_GENERATION_TIMEOUT", default_value = "10m", value_parser = duration::ms)]
+    generation_timeout: Duration,
+    /// The key engines expect: sent as `Authorization: Bearer <key>` to them in place of
+    /// whatever the client sent (a client's key never leaves the router by default).
+    #[arg(
+        long,
+        env = "CACHE_ROUTER_ENGINE_API_KEY",
+        hide_env_values = true,
+        conflicts_with = "forward_client_auth"
+    )]
+    engine_api_key: Option<String>,
+    /// Pass the client's own `Authorization` on to the engine (off by default).
+    #[arg(long, env = "CACHE_ROUTER_FORWARD_CLIENT_AUTH")]
+    forward_client_auth: bool,
     /// Longest gap between body chunks, e.g. 60s (a bare number is milliseconds).
     #[arg(long = "idle-timeout", alias = "idle-timeout-ms", env = "CACHE_ROUTER_IDLE_TIMEOUT_MS", default_value = "60s", value_parser = duration::ms)]
     idle_timeout: Duration,
@@ -115,6 +165,14 @@ pub(crate) struct ServeArgs {
         default_value_t = 50_000_000
     )]
     max_index_entries: usize,
+    /// Memory for messages buffered while resyncs are pending, all workers together, in
+    /// bytes; past it a worker's buffer is dropped and its resync starts over.
+    #[arg(
+        long,
+        env = "CACHE_ROUTER_MAX_RESYNC_BUFFER_BYTES",
+        default_value_t = 64 << 20
+    )]
+    max_resync_buffer_bytes: usize,
     /// How long to drain on SIGTERM/SIGINT before exiting anyway, e.g. 10s (a bare number is
     /// seconds).
     #[arg(long = "shutdown-grace", alias = "shutdown-grace-s", env = "CACHE_ROUTER_SHUTDOWN_GRACE_S", default_value = "10s", value_parser = duration::secs)]
@@ -223,6 +281,13 @@ impl ServeArgs {
         config.proxy.connect_timeout = self.connect_timeout;
         config.proxy.first_byte_timeout = self.first_byte_timeout;
         config.proxy.idle_timeout = self.idle_timeout;
+        config.proxy.generation_timeout = self.generation_timeout;
+        config.proxy.engine_auth = match (&self.engine_api_key, self.forward_client_auth) {
+            (Some(key), _) => EngineAuth::key(key)
+                .map_err(|_| ServeError::Usage("--engine-api-key: not a header value".into()))?,
+            (None, true) => EngineAuth::ForwardClient,
+            (None, false) => EngineAuth::None,
+        };
         config.proxy.max_attempts = self.max_attempts;
         config.ejection = EjectionPolicy {
             failures_to_eject: self.eject_after,
@@ -231,10 +296,34 @@ impl ServeArgs {
                 max: self.eject_max,
             },
         };
-        config.admin_token = self.admin_token.clone();
+        config.admin_token = match (&self.admin_token, &self.admin_token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(path)) => {
+                let t = std::fs::read_to_string(path).map_err(|e| {
+                    ServeError::Usage(format!("--admin-token-file {}: {e}", path.display()))
+                })?;
+                let t = t.trim_end_matches(['\n', '\r']).to_owned();
+                if t.is_empty() {
+                    return Err(ServeError::Usage(format!(
+                        "--admin-token-file {} is empty",
+                        path.display()
+                    )));
+                }
+                Some(t)
+            }
+            (None, None) => None,
+        };
         config.max_body_bytes = self.max_body_bytes;
+        config.max_prompt_tokens = self.max_prompt_tokens;
+        config.connection_limits = cache_router::ConnectionLimits {
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections,
+        };
+        config.allowed_worker_hosts =
+            cache_router::AllowList::parse(&self.allow_worker_hosts).map_err(ServeError::Usage)?;
         config.max_workers = self.max_workers;
         config.max_index_entries = (self.max_index_entries > 0).then_some(self.max_index_entries);
+        config.max_resync_buffer_bytes = self.max_resync_buffer_bytes;
         config.shutdown_grace = self.shutdown_grace;
         if self.nats.url.is_some() {
             config.nats = Some(NatsConfig {

@@ -20,11 +20,13 @@ use cache_router_core::protocol::{WorkerId, WorkerInfo};
 use cache_router_core::routing::RoutingSetup;
 
 use crate::fleet_actor::{self, ActorParts, ActorThread, FleetHandle};
-use crate::http::{self, AppState, TokenizeGate};
+use crate::http::listener::ConnectionLimits;
+use crate::http::{self, AdminToken, AppState, TokenizeGate};
 use crate::metrics::{BadMessage, RouterMetrics};
 use crate::plane::{self, EventPlane, PlaneConfig};
 use crate::proxy::{InFlight, Proxy, ProxyConfig};
 use crate::tokenize::Models;
+use crate::worker_url::AllowList;
 
 /// The event plane's settings (the router runs on static workers without them).
 #[derive(Clone, Debug)]
@@ -75,14 +77,24 @@ pub struct RouterConfig {
     pub proxy: ProxyConfig,
     /// When the proxy ejects a failing worker, and for how long.
     pub ejection: EjectionPolicy,
+    /// The hosts workers may be on (registry entries and static workers); empty allows any.
+    pub allowed_worker_hosts: AllowList,
     /// Bearer token for `/admin/*`; None disables them.
     pub admin_token: Option<String>,
     /// Larger request bodies get 413.
     pub max_body_bytes: usize,
+    /// Prompts with more tokens get 400 (checked on the body's size before tokenizing, and on
+    /// the token count after).
+    pub max_prompt_tokens: usize,
+    /// Client connections: header-read (and keep-alive idle) timeout, and a cap.
+    pub connection_limits: ConnectionLimits,
     /// Worker slots tracked for in-flight accounting and liveness.
     pub max_workers: usize,
     /// Memory bound of the index in (worker, block) entries; None for no bound.
     pub max_index_entries: Option<usize>,
+    /// Bytes of messages buffered, all workers together, while resyncs are pending; past it
+    /// a worker's buffer is dropped and its resync starts over.
+    pub max_resync_buffer_bytes: usize,
     /// Long prompts tokenizing at once (default: one per core).
     pub tokenize_slots: Option<usize>,
     /// How long to drain on shutdown before giving up.
@@ -102,10 +114,14 @@ impl RouterConfig {
             speculation: routing.speculation,
             proxy: ProxyConfig::default(),
             ejection: EjectionPolicy::default(),
+            allowed_worker_hosts: AllowList::default(),
             admin_token: None,
             max_body_bytes: 8 << 20,
+            max_prompt_tokens: 131_072,
+            connection_limits: ConnectionLimits::default(),
             max_workers: 4096,
             max_index_entries: Some(50_000_000),
+            max_resync_buffer_bytes: FleetConfig::default().max_buffered_bytes,
             tokenize_slots: None,
             shutdown_grace: Duration::from_secs(10),
         }
@@ -120,8 +136,8 @@ impl RouterConfig {
         if self.nats.is_none() && self.static_workers.is_empty() {
             return bad("give --nats (reporters register workers) or at least one --worker ID=URL");
         }
-        if self.max_workers == 0 || self.proxy.max_attempts == 0 {
-            return bad("--max-workers and --max-attempts must be positive");
+        if self.max_workers == 0 || self.proxy.max_attempts == 0 || self.max_prompt_tokens == 0 {
+            return bad("--max-workers, --max-attempts and --max-prompt-tokens must be positive");
         }
         if self.max_index_entries == Some(0) {
             return bad("the index bound must be positive (or none)");
@@ -129,6 +145,9 @@ impl RouterConfig {
         for w in &self.static_workers {
             w.id.validate()
                 .map_err(|e| RouterError::Config(e.to_string()))?;
+            self.allowed_worker_hosts
+                .check(&w.url)
+                .map_err(|e| RouterError::Config(format!("worker {}: {e}", w.id)))?;
             if !self.models.contains_key(&w.model) {
                 return Err(RouterError::Config(format!(
                     "worker {} serves model {:?}, which has no tokenizer",
@@ -170,6 +189,7 @@ impl RouterConfig {
             index: IndexConfig {
                 max_entries: self.max_index_entries.unwrap_or(usize::MAX),
             },
+            max_buffered_bytes: self.max_resync_buffer_bytes,
             ..FleetConfig::default()
         }
     }
@@ -202,6 +222,7 @@ pub struct Router {
     state: AppState,
     source: Source,
     grace: Duration,
+    limits: ConnectionLimits,
 }
 
 impl Router {
@@ -244,6 +265,7 @@ impl Router {
                     resync_timeout: n.resync_timeout,
                     router_id: WorkerId(n.router_id.clone()),
                     load_share_interval: n.load_share_interval,
+                    allowed_worker_hosts: config.allowed_worker_hosts.clone(),
                 };
                 let plane = plane::start(
                     client.clone(),
@@ -271,22 +293,29 @@ impl Router {
                 .await
                 .map_err(|e| RouterError::Config(e.to_string()))?;
         }
+        let tokenize_gate = config
+            .tokenize_slots
+            .map_or_else(TokenizeGate::per_core, TokenizeGate::new)
+            .with_gauges(
+                metrics.http.tokenize_lane_normal.clone(),
+                metrics.http.tokenize_lane_huge.clone(),
+            );
         let state = AppState {
             fleet,
             models: Arc::new(config.models.clone()),
             proxy: Proxy::new(config.proxy.clone(), liveness)?,
             inflight,
             metrics,
-            admin_token: config.admin_token.as_deref().map(Arc::from),
+            admin_token: config.admin_token.as_deref().map(AdminToken::new),
             max_body_bytes: config.max_body_bytes,
-            tokenize_gate: config
-                .tokenize_slots
-                .map_or_else(TokenizeGate::per_core, TokenizeGate::new),
+            max_prompt_tokens: config.max_prompt_tokens,
+            tokenize_gate,
         };
         Ok(Router {
             state,
             source,
             grace: config.shutdown_grace,
+            limits: config.connection_limits,
         })
     }
 
@@ -313,7 +342,13 @@ impl Router {
             tracing::info!(%addr, "router listening");
         }
         // Not spawned: dropping this future (an aborted router) drops the server with it.
-        let server = http::serve(listener, http::app(self.state.clone()), shutdown.clone());
+        let server = http::listener::serve(
+            listener,
+            http::app(self.state.clone()),
+            self.limits,
+            self.state.metrics.http.clone(),
+            shutdown.clone(),
+        );
         tokio::pin!(server);
         let ended = tokio::select! {
             r = &mut server => {
@@ -452,8 +487,9 @@ impl RouterCounters {
         self.metrics.plane.load_messages.get()
     }
 
-    pub fn registry_errors(&self) -> u64 {
-        self.metrics.plane.registry_errors.get()
+    /// Registry entries refused (malformed, naming another worker, a bad or disallowed URL).
+    pub fn registry_rejections(&self) -> u64 {
+        self.metrics.plane.registry_rejections()
     }
 
     /// Undecodable stream messages.

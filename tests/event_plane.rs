@@ -356,7 +356,8 @@ async fn registry_liveness_and_load_reports() {
             .unwrap();
     let info = |id: &str| WorkerInfo {
         id: id.into(),
-        url: format!("http://127.0.0.1:9/{id}"),
+        // Registry URLs are `http://host:port` only (a path is refused).
+        url: format!("http://127.0.0.1:{}", if id == "wa" { 9 } else { 10 }),
         model: "m".into(),
         block_size: 16,
         epoch: 1,
@@ -383,7 +384,7 @@ async fn registry_liveness_and_load_reports() {
         known("wa").await.is_some() && known("wb").await.is_some()
     })
     .await;
-    assert_eq!(known("wa").await.unwrap().url, "http://127.0.0.1:9/wa");
+    assert_eq!(known("wa").await.unwrap().url, "http://127.0.0.1:9");
 
     // Load reports (core NATS) reach the worker's entry.
     let mut w = Worker::start(&nats.url(), "wa", 1, 7).await;

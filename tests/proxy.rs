@@ -13,7 +13,9 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use cache_router::proxy::{InFlight, Proxy, ProxyConfig, Target, WORKER_HEADER};
+use cache_router::proxy::{
+    EngineAuth, InFlight, Outgoing, Proxy, ProxyConfig, Target, WORKER_HEADER,
+};
 use cache_router::EjectionPolicy;
 use cache_router_core::backoff::Backoff;
 use cache_router_core::index::WorkerIdx;
@@ -67,9 +69,24 @@ struct AppState {
 
 async fn route(State(s): State<AppState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    // Streaming unless the body says `"stream": false` (most tests send `{}`).
+    let streaming = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["stream"].as_bool())
+        .unwrap_or(true);
     match s
         .proxy
-        .forward(&s.targets, path, body, &headers, &s.inflight, |_| UNCACHED)
+        .forward(
+            &s.targets,
+            Outgoing {
+                path,
+                body,
+                headers: &headers,
+                streaming,
+            },
+            &s.inflight,
+            |_| UNCACHED,
+        )
         .await
     {
         Ok(forwarded) => forwarded.into_response(),
@@ -340,11 +357,53 @@ async fn non_streaming_bodies_are_byte_identical() {
         let seen = engine.recorded().pop().unwrap();
         assert!(seen.body == body, "body {i} reached the engine altered");
         assert_eq!(seen.path, "/v1/completions?trace=1");
-        assert_eq!(seen.headers[header::AUTHORIZATION], "Bearer sk-test");
+        assert!(
+            seen.headers.get(header::AUTHORIZATION).is_none(),
+            "the client's key stays in the router by default"
+        );
         assert!(seen.headers.get(header::COOKIE).is_none());
     }
     assert_eq!(engine.hits(), 3);
     eventually("in-flight released", || async { router.idle() }).await;
+}
+
+/// Whose `Authorization` an engine sees: none by default, the configured engine key
+/// (`--engine-api-key`) in place of the client's, or the client's own only when asked
+/// (`--forward-client-auth`). A registry entry pointing at an attacker's host must not be
+/// handed the clients' keys.
+#[tokio::test]
+async fn engines_see_the_engine_key_not_the_clients_unless_forwarding_is_asked() {
+    for (auth, expected) in [
+        (EngineAuth::None, None),
+        (
+            EngineAuth::key("engine-secret").unwrap(),
+            Some("Bearer engine-secret"),
+        ),
+        (EngineAuth::ForwardClient, Some("Bearer sk-client")),
+    ] {
+        let engine = Engine::start(Reply::Echo).await;
+        let cfg = ProxyConfig {
+            engine_auth: auth.clone(),
+            ..ProxyConfig::default()
+        };
+        let router = TestRouter::start(&[engine.url()], cfg).await;
+        let resp = client()
+            .post(router.url("/v1/completions"))
+            .header(header::AUTHORIZATION, "Bearer sk-client")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let seen = engine.recorded().pop().unwrap();
+        let got: Vec<&str> = seen
+            .headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(got, expected.into_iter().collect::<Vec<_>>(), "{auth:?}");
+    }
 }
 
 /// A client reading one chunk and hanging up releases the in-flight count, and the engine's
@@ -552,6 +611,32 @@ async fn slow_headers_time_out_and_fail_over() {
     eventually("in-flight released", || async { router.idle() }).await;
 }
 
+/// A non-streaming request gets the (longer) generation timeout, and one that runs out is a
+/// 504 at once: the engine took it, and running the generation again elsewhere would double
+/// its cost. Streaming requests fail over on their first-byte timeout (the test above).
+#[tokio::test]
+async fn a_non_streaming_request_that_times_out_is_not_retried() {
+    let slow = Engine::start(Reply::Slow(Duration::from_secs(30))).await;
+    let good = Engine::start(Reply::Echo).await;
+    let cfg = ProxyConfig {
+        first_byte_timeout: Duration::from_millis(100),
+        generation_timeout: Duration::from_millis(400),
+        ..ProxyConfig::default()
+    };
+    let router = TestRouter::start(&[slow.url(), good.url()], cfg).await;
+    let started = Instant::now();
+    let resp = router.post(r#"{"stream":false}"#).await;
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "waited the generation timeout, not the first-byte one"
+    );
+    assert_eq!(error_json(resp).await["error"]["code"], "upstream_timeout");
+    assert_eq!(slow.hits(), 1);
+    assert_eq!(good.hits(), 0, "not run a second time elsewhere");
+    eventually("in-flight released", || async { router.idle() }).await;
+}
+
 /// Every attempt failing answers 502 in OpenAI's shape, without addresses, after at most
 /// `max_attempts` attempts.
 #[tokio::test]
@@ -629,9 +714,12 @@ async fn repeated_failures_eject_a_worker_in_the_shared_record() {
         .proxy
         .forward(
             &only_ejected,
-            PATH,
-            Bytes::from_static(b"{}"),
-            &HeaderMap::new(),
+            Outgoing {
+                path: PATH,
+                body: Bytes::from_static(b"{}"),
+                headers: &HeaderMap::new(),
+                streaming: true,
+            },
             &router.inflight,
             |_| UNCACHED,
         )

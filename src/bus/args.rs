@@ -38,6 +38,11 @@ pub struct NatsArgs {
     pub nats_tls_cert: Option<PathBuf>,
     #[arg(long, env = "CACHE_ROUTER_NATS_TLS_KEY")]
     pub nats_tls_key: Option<PathBuf>,
+    /// Prefix of this client's reply subjects. Give each reporter its own (e.g.
+    /// `_INBOX_<worker>`) so NATS permissions can let it read only its own replies
+    /// (docs/security.md).
+    #[arg(long, env = "CACHE_ROUTER_NATS_INBOX_PREFIX", default_value = "_INBOX")]
+    pub nats_inbox_prefix: String,
     /// Timeout of one connection attempt and of each request, e.g. 5s (a bare number is
     /// milliseconds).
     #[arg(
@@ -63,6 +68,7 @@ impl NatsArgs {
             nats_tls_ca: None,
             nats_tls_cert: None,
             nats_tls_key: None,
+            nats_inbox_prefix: "_INBOX".into(),
             nats_timeout: Duration::from_secs(5),
         }
     }
@@ -85,6 +91,16 @@ impl NatsArgs {
         }
         if self.url.is_some() {
             self.servers()?;
+        }
+        let inbox = &self.nats_inbox_prefix;
+        if inbox.is_empty()
+            || inbox.starts_with('.')
+            || inbox.ends_with('.')
+            || inbox.bytes().any(|b| b <= b' ' || b == b'*' || b == b'>')
+        {
+            return Err(BusError::Config(format!(
+                "--nats-inbox-prefix {inbox:?} must be a subject without wildcards or spaces"
+            )));
         }
         if self.nats_timeout.is_zero() {
             return Err(BusError::Config("--nats-timeout must be positive".into()));

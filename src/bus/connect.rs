@@ -21,6 +21,7 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Result<Client, BusError> {
         .connection_timeout(args.timeout())
         .request_timeout(Some(args.timeout()))
         .max_reconnects(None)
+        .custom_inbox_prefix(args.nats_inbox_prefix.clone())
         .retry_on_initial_connect()
         // async-nats asks for a delay before its very first attempt too (attempt 1): none.
         .reconnect_delay_callback(|attempt| {

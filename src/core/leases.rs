@@ -104,10 +104,7 @@ impl Leases {
         if lapsed.is_empty() {
             return Ok(lapsed);
         }
-        let settled = self
-            .reachable_since
-            .is_some_and(|t| now.saturating_duration_since(t) >= self.ttl);
-        if !settled {
+        if !self.settled(now) {
             return Err(Suspended::RegistryUnreachable);
         }
         let registered = self.renewed.len();
@@ -121,6 +118,13 @@ impl Leases {
             self.renewed.remove(id);
         }
         Ok(lapsed)
+    }
+
+    /// Whether the registry has been reachable for a whole TTL at `now`: long enough for
+    /// every live worker to have rewritten its entry, so an entry that is missing is missing.
+    pub fn settled(&self, now: Instant) -> bool {
+        self.reachable_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.ttl)
     }
 
     /// Registered workers.

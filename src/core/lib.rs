@@ -14,7 +14,9 @@
 //! - [`policy`]: the cost function and the baselines (round-robin, random, least-loaded,
 //!   approx).
 //! - [`fleet`]: the router's consistency state machine over the index: per-worker sequencing,
-//!   gap, epoch and digest resyncs, registry, snapshots.
+//!   gap, epoch and digest resyncs, registry, snapshots; a byte budget for resync buffers and
+//!   a quarantine for worker ids nobody registered.
+//! - [`resync_pace`]: how soon a worker's next resync may start (a burst backs off).
 //! - [`routing`]: one routing decision (candidates, overlaps + speculation, load, liveness,
 //!   policy).
 //! - [`leases`]: which workers' registry entries lapsed, and when a router must not believe
@@ -43,6 +45,7 @@ pub mod liveness;
 pub mod policy;
 pub mod prom_text;
 pub mod protocol;
+pub mod resync_pace;
 pub mod routing;
 pub mod sequencer;
 pub mod sim;

@@ -27,18 +27,8 @@ pub fn static_worker(s: &str) -> Result<StaticWorker, String> {
     };
     let id = WorkerId(id.to_owned());
     id.validate().map_err(|e| e.to_string())?;
-    if !url.starts_with("http://") {
-        return Err(
-            "the URL must start with http:// (this build proxies to engines over plain \
-                    HTTP; TLS to engines is not built in)"
-                .into(),
-        );
-    }
-    Ok(StaticWorker {
-        id,
-        url: url.trim_end_matches('/').to_owned(),
-        model,
-    })
+    let url = crate::worker_url::validate(url).map_err(|e| e.to_string())?;
+    Ok(StaticWorker { id, url, model })
 }
 
 /// Another served model with its own tokenizer.
@@ -79,6 +69,7 @@ mod tests {
             "a=ftp://x",
             "a=https://x",
             "a=http://x,model=",
+            "a=http://x:1/v1",
         ] {
             assert!(static_worker(bad).is_err(), "{bad}");
         }

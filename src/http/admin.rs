@@ -7,9 +7,34 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::AppState;
 use crate::openai::ApiError;
+
+/// The admin bearer token, kept only as its SHA-256: a request's token is hashed and the
+/// digests compared in constant time, so neither where the tokens differ nor the secret's
+/// length shows in the time an answer takes.
+#[derive(Clone)]
+pub(crate) struct AdminToken([u8; 32]);
+
+impl AdminToken {
+    pub(crate) fn new(secret: &str) -> Self {
+        AdminToken(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    fn matches(&self, given: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        bool::from(digest.ct_eq(&self.0))
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
 
 /// Lets a request through only with `Authorization: Bearer <admin token>`; without a
 /// configured token the views do not exist (404).
@@ -18,13 +43,13 @@ pub(super) async fn require_token(
     req: Request,
     next: Next,
 ) -> Response {
-    match authorized(state.admin_token.as_deref(), req.headers()) {
+    match authorized(state.admin_token.as_ref(), req.headers()) {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
     }
 }
 
-fn authorized(token: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
+fn authorized(token: Option<&AdminToken>, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = token else {
         return Err(ApiError::not_found(
             "admin views are disabled (no --admin-token)",
@@ -34,20 +59,42 @@ fn authorized(token: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> 
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    // Constant-time comparison: the token is a secret.
-    let ok = given.is_some_and(|g| {
-        g.len() == token.len()
-            && g.bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
-    if ok {
+    if given.is_some_and(|g| token.matches(g)) {
         Ok(())
     } else {
         Err(ApiError::unauthorized(
             "missing or wrong admin bearer token",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bearer(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn only_the_exact_token_passes() {
+        let t = AdminToken::new("s3cret");
+        assert!(authorized(Some(&t), &bearer("Bearer s3cret")).is_ok());
+        for bad in [
+            "Bearer s3cre",
+            "Bearer s3cret ",
+            "Bearer S3cret",
+            "s3cret",
+            "Basic s3cret",
+        ] {
+            assert!(authorized(Some(&t), &bearer(bad)).is_err(), "{bad}");
+        }
+        assert!(authorized(Some(&t), &HeaderMap::new()).is_err());
+        let off = authorized(None, &bearer("Bearer s3cret")).unwrap_err();
+        assert_eq!(off.status(), axum::http::StatusCode::NOT_FOUND);
+        assert!(!format!("{t:?}").contains("s3cret"), "never logged");
     }
 }
 

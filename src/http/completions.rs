@@ -14,10 +14,13 @@ use cache_router_core::routing::{RouteOutcome, RouteRequest};
 
 use super::AppState;
 use crate::openai::{self, ApiError, Endpoint, Input};
-use crate::proxy::Target;
+use crate::proxy::{Outgoing, Target};
 
 /// Bodies up to this size are tokenized on the async worker itself.
 const INLINE_TOKENIZE_BYTES: usize = 4096;
+
+/// Bytes of prompt text per token that no real tokenizer exceeds on average (see `decide`).
+const BYTES_PER_TOKEN_CEILING: usize = 32;
 
 /// How long a request that arrives before the router is ready (still replaying the stream or
 /// reading the registry, right after a restart) waits for it rather than failing.
@@ -31,6 +34,8 @@ pub(super) struct Routed {
     /// Waiting for a tokenizer slot and a blocking thread.
     pub(super) queued: Duration,
     pub(super) tokens: usize,
+    /// The request asked for a streamed answer.
+    pub(super) stream: bool,
 }
 
 fn now_ms() -> u64 {
@@ -44,6 +49,15 @@ pub(super) async fn read_body(
     req: Request,
 ) -> Result<(HeaderMap, bytes::Bytes), ApiError> {
     let (parts, body) = req.into_parts();
+    // A declared length over the limit is refused before a byte of the body is read.
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.max_body_bytes as u64) {
+        return Err(ApiError::payload_too_large(state.max_body_bytes));
+    }
     let bytes = to_bytes(body, state.max_body_bytes)
         .await
         .map_err(|_| ApiError::payload_too_large(state.max_body_bytes))?;
@@ -58,6 +72,19 @@ pub(super) async fn decide(
     dry_run: bool,
 ) -> Result<Routed, ApiError> {
     let parsed = openai::parse(endpoint, body)?;
+    // Byte-level BPE makes at least one byte of text per token, and no real token is longer
+    // than a few dozen bytes: a body this much larger than the token limit cannot fit, and
+    // is refused before the tokenizer spends seconds on it.
+    let max = state.max_prompt_tokens;
+    if body.len() > max.saturating_mul(BYTES_PER_TOKEN_CEILING) {
+        return Err(ApiError::bad_param(
+            endpoint.prompt_field(),
+            format!(
+                "the prompt is {} bytes: far more than --max-prompt-tokens {max} allows",
+                body.len()
+            ),
+        ));
+    }
     if !dry_run && !state.fleet.is_ready() {
         let _ = tokio::time::timeout(READY_HOLD, state.fleet.wait_ready()).await;
     }
@@ -70,6 +97,7 @@ pub(super) async fn decide(
     // Tokenizing a long cold prompt takes milliseconds: keep those off the async workers.
     // Short prompts (microseconds) run inline; the hand-off would cost more than the work.
     let input = parsed.input;
+    let stream = parsed.stream;
     let work = move || {
         let ids = match &input {
             Input::Text(t) => tok.encode_prompt(t),
@@ -84,8 +112,8 @@ pub(super) async fn decide(
         (work(), started.elapsed())
     } else {
         // The slot moves into the blocking task: a client that disconnects meanwhile must not
-        // free it early.
-        let slot = state.tokenize_gate.acquire().await;
+        // free it early. Huge prompts queue in their own lane, so they never hold up the rest.
+        let slot = state.tokenize_gate.acquire(body.len()).await;
         state.metrics.http.decision.queue.observe(started.elapsed());
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
@@ -99,6 +127,12 @@ pub(super) async fn decide(
     let queued = started.elapsed().saturating_sub(tokenize);
     let (tokens, hashes) =
         result.map_err(|e| ApiError::bad_request(format!("cannot tokenize the request: {e}")))?;
+    if tokens > max {
+        return Err(ApiError::bad_param(
+            endpoint.prompt_field(),
+            format!("the prompt has {tokens} tokens, more than --max-prompt-tokens {max}"),
+        ));
+    }
     let outcome = state
         .fleet
         .route(RouteRequest {
@@ -124,6 +158,7 @@ pub(super) async fn decide(
         tokenize,
         queued,
         tokens,
+        stream,
     })
 }
 
@@ -158,9 +193,12 @@ pub(super) async fn proxy(state: &AppState, endpoint: Endpoint, req: Request) ->
             .proxy
             .forward(
                 &targets,
-                endpoint.path(),
-                body,
-                &headers,
+                Outgoing {
+                    path: endpoint.path(),
+                    body,
+                    headers: &headers,
+                    streaming: routed.stream,
+                },
                 &state.inflight,
                 |t| blocks.saturating_sub(overlaps.get(&t.worker).copied().unwrap_or(0)),
             )

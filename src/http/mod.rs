@@ -3,12 +3,14 @@
 //!
 //! One concern per file: [`completions`] (parse → tokenize → route → proxy), [`dry_run`],
 //! [`models`], [`health`] (health, readiness, metrics), [`admin`] (the bearer layer and the
-//! views), [`tokenize_gate`] (long prompts wait for a core).
+//! views), [`tokenize_gate`] (long prompts wait for a core), [`listener`] (the accept loop,
+//! bounded in connections and time).
 
 mod admin;
 mod completions;
 mod dry_run;
 mod health;
+pub(crate) mod listener;
 mod models;
 mod tokenize_gate;
 
@@ -17,10 +19,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::fleet_actor::FleetHandle;
 use crate::metrics::RouterMetrics;
@@ -28,6 +27,7 @@ use crate::openai::{ApiError, Endpoint};
 use crate::proxy::{InFlight, Proxy};
 use crate::tokenize::Models;
 
+pub(crate) use admin::AdminToken;
 pub(crate) use tokenize_gate::TokenizeGate;
 
 /// Shared state of the handlers (cheap to clone: handles and `Arc`s).
@@ -39,9 +39,11 @@ pub(crate) struct AppState {
     pub(crate) inflight: InFlight,
     pub(crate) metrics: Arc<RouterMetrics>,
     /// Bearer token for `/admin/*`; None disables them.
-    pub(crate) admin_token: Option<Arc<str>>,
+    pub(crate) admin_token: Option<AdminToken>,
     /// Larger request bodies get 413.
     pub(crate) max_body_bytes: usize,
+    /// Longer prompts get 400.
+    pub(crate) max_prompt_tokens: usize,
     /// Long prompts tokenize at most one per core at a time.
     pub(crate) tokenize_gate: TokenizeGate,
 }
@@ -83,21 +85,8 @@ pub(crate) fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `app` on a bound listener until `shutdown`. Accepted connections get TCP_NODELAY:
-/// a streamed response is many small writes, and with Nagle's algorithm each one after the
-/// first can wait for the client's delayed ACK (40 ms on Linux), which showed up as a 40 ms
-/// TTFT floor under load in the live demo.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener.tap_io(set_nodelay), app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-}
-
-/// Disables Nagle's algorithm on an accepted connection (see [`serve`]).
+/// Disables Nagle's algorithm on an accepted connection (the mock engine's server; the
+/// router's own accept loop is [`listener`]).
 pub(crate) fn set_nodelay(tcp: &mut tokio::net::TcpStream) {
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!("cannot set TCP_NODELAY: {e}");

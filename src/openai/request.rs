@@ -38,6 +38,14 @@ impl Endpoint {
             Endpoint::ChatCompletions => "/v1/chat/completions",
         }
     }
+
+    /// The body field that carries the prompt (named in a 400 about it).
+    pub(crate) fn prompt_field(self) -> &'static str {
+        match self {
+            Endpoint::Completions => "prompt",
+            Endpoint::ChatCompletions => "messages",
+        }
+    }
 }
 
 fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {

@@ -32,6 +32,7 @@ pub(super) async fn run(
             }
         }
     };
+    let prefix = subjects.load_all().trim_end_matches('*').to_owned();
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -43,6 +44,15 @@ pub(super) async fn run(
                 body: Body::Load(load),
                 ..
             }) => {
+                // A report names its own worker: another worker's subject means a forger
+                // trying to make a worker look idle or busy.
+                if msg.subject.strip_prefix(prefix.as_str()) != Some(worker.0.as_str())
+                    || worker.validate().is_err()
+                {
+                    metrics.bad_message(BadMessage::SubjectMismatch);
+                    tracing::warn!(subject = %msg.subject, %worker, "load report on another worker's subject: skipped");
+                    continue;
+                }
                 metrics.load_messages.inc();
                 let _ = handle.send(Command::Load(worker, load)).await;
             }

@@ -49,6 +49,8 @@ pub(crate) struct PlaneConfig {
     pub(crate) router_id: WorkerId,
     /// How often to publish this router's in-flight load; zero turns load sharing off.
     pub(crate) load_share_interval: Duration,
+    /// The hosts registry entries may name.
+    pub(crate) allowed_worker_hosts: crate::worker_url::AllowList,
 }
 
 /// The running event plane and the fleet actor it feeds.
@@ -161,6 +163,7 @@ pub(crate) async fn start(
     tasks.spawn(registry_watch::run(
         client.clone(),
         infra.registry.clone(),
+        config.allowed_worker_hosts.clone(),
         config.limits.registry_ttl,
         handle.clone(),
         registry_loaded,

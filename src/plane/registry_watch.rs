@@ -3,6 +3,10 @@
 //! itself is in trouble (the core's [`Leases`] rules). Once the bucket's history is delivered
 //! the router knows every live worker (part of readiness).
 //!
+//! Workers known only from events (ids nobody registered: a forger inventing them to use up
+//! the worker slots) are purged once per TTL while the registry is readable; see
+//! [`cache_router_core::fleet::Fleet::purge_unregistered`].
+//!
 //! Liveness is judged from each entry's age (the server's write time) rather than from
 //! server-side expiry markers, so it works the same on every nats-server version. A watch that
 //! fails, or falls silent while workers should be renewing, is re-created.
@@ -20,11 +24,13 @@ use cache_router_core::leases::Leases;
 use cache_router_core::protocol::{WorkerId, WorkerInfo};
 
 use crate::fleet_actor::{Command, FleetHandle};
-use crate::metrics::PlaneMetrics;
+use crate::metrics::{PlaneMetrics, Rejected};
+use crate::worker_url::AllowList;
 
 pub(super) async fn run(
     client: async_nats::Client,
     kv: kv::Store,
+    allowed: AllowList,
     ttl: Duration,
     handle: FleetHandle,
     loaded: tokio::sync::watch::Sender<bool>,
@@ -35,6 +41,9 @@ pub(super) async fn run(
     let mut leases = Leases::new(ttl);
     let mut sweep = tokio::time::interval((ttl / 4).max(Duration::from_millis(10)));
     let mut said_suspended = false;
+    // Workers known only from events are purged once per TTL while the registry is settled.
+    let mut last_purge = Instant::now();
+    let mut history_loaded = false;
     'outer: while !shutdown.is_cancelled() {
         let mut watch = match kv.watch_with_history(">").await {
             Ok(w) => w,
@@ -50,6 +59,7 @@ pub(super) async fn run(
         // An empty bucket delivers no history: it is loaded at once.
         if kv_is_empty(&kv).await {
             loaded.send_replace(true);
+            history_loaded = true;
         }
         loop {
             tokio::select! {
@@ -60,6 +70,13 @@ pub(super) async fn run(
                         leases.reachable(now);
                     } else {
                         leases.unreachable();
+                    }
+                    if history_loaded
+                        && leases.settled(now)
+                        && now.saturating_duration_since(last_purge) >= ttl
+                    {
+                        last_purge = now;
+                        let _ = handle.send(Command::PurgeUnregistered).await;
                     }
                     if leases.watch_silent(now) {
                         tracing::warn!("the registry watch fell silent; re-watching");
@@ -102,11 +119,14 @@ pub(super) async fn run(
                     if entry.delta == 0 {
                         // The history is delivered: the router knows every live worker.
                         loaded.send_replace(true);
+                        history_loaded = true;
                     }
                     let id = WorkerId(entry.key.clone());
                     match entry.operation {
                         kv::Operation::Put => {
-                            let Some(info) = parse(&entry, &id, &metrics) else { continue };
+                            let Some(info) = parse(&entry, &id, &allowed, &metrics) else {
+                                continue;
+                            };
                             // Age by the server's write time, so a stale entry found at start
                             // does not look fresh.
                             let age = (time::OffsetDateTime::now_utc() - entry.created)
@@ -136,20 +156,38 @@ async fn kv_is_empty(kv: &kv::Store) -> bool {
     }
 }
 
-/// A registry entry's worker, if the entry is well-formed and names its own key.
-fn parse(entry: &kv::Entry, id: &WorkerId, metrics: &PlaneMetrics) -> Option<WorkerInfo> {
-    let info: WorkerInfo = match serde_json::from_slice(&entry.value) {
+/// A registry entry's worker, if the entry is well-formed, names its own key, and points at
+/// `http://host:port` on an allowed host. Anything else is counted and logged, never applied:
+/// whoever can write the registry must not be able to steer clients elsewhere.
+fn parse(
+    entry: &kv::Entry,
+    id: &WorkerId,
+    allowed: &AllowList,
+    metrics: &PlaneMetrics,
+) -> Option<WorkerInfo> {
+    let mut info: WorkerInfo = match serde_json::from_slice(&entry.value) {
         Ok(i) => i,
         Err(e) => {
-            metrics.registry_errors.inc();
+            metrics.registry_rejected(Rejected::Malformed);
             tracing::warn!(key = %entry.key, "bad registry entry: {e}");
             return None;
         }
     };
     if &info.id != id || info.id.validate().is_err() {
-        metrics.registry_errors.inc();
+        metrics.registry_rejected(Rejected::OtherWorker);
         tracing::warn!(key = %entry.key, "registry entry names another worker");
         return None;
+    }
+    match allowed.check(&info.url) {
+        Ok(url) => info.url = url,
+        Err(e) => {
+            metrics.registry_rejected(match e {
+                crate::worker_url::BadWorkerUrl::NotAllowed(_) => Rejected::HostNotAllowed,
+                _ => Rejected::Url,
+            });
+            tracing::warn!(key = %entry.key, "registry entry refused: {e}");
+            return None;
+        }
     }
     Some(info)
 }

@@ -4,6 +4,10 @@
 //! A fetch asks the worker's reporter (request/reply on `<prefix>.sync.<worker>`) for its
 //! whole held set as of an exact `(epoch, seq)`, collected from numbered chunks within a
 //! timeout; the actor then replaces the worker's view and applies what it buffered since.
+//!
+//! Resyncs of one worker are paced ([`ResyncPace`]): a worker whose sequence keeps breaking
+//! (a forger on its subject) gets fewer and fewer, each delay counted in
+//! `cache_router_resyncs_paced_total`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -21,6 +25,7 @@ use cache_router_core::fleet::ResyncNeeded;
 use cache_router_core::protocol::{
     decode_versioned, EncodeError, SyncChunk, SyncRequest, WorkerId, PROTOCOL_VERSION,
 };
+use cache_router_core::resync_pace::ResyncPace;
 
 use crate::fleet_actor::{Command, FleetHandle, SyncResult};
 use crate::metrics::PlaneMetrics;
@@ -38,10 +43,12 @@ pub(super) async fn run(
 ) {
     let mut in_flight: HashSet<WorkerId> = HashSet::new();
     let mut jobs: JoinSet<Job> = JoinSet::new();
-    let spawn = |jobs: &mut JoinSet<Job>, w: WorkerId, attempt: u32| {
+    let mut pace = ResyncPace::default();
+    // `wait` before the fetch: the pacing delay of a new resync, or the retry backoff.
+    let spawn = |jobs: &mut JoinSet<Job>, w: WorkerId, attempt: u32, wait: Duration| {
         let (client, subjects) = (client.clone(), subjects.clone());
         jobs.spawn(async move {
-            tokio::time::sleep(Backoff::NETWORK.delay(attempt)).await;
+            tokio::time::sleep(wait).await;
             let r = fetch(&client, &subjects, &w, timeout).await;
             (w, attempt, r)
         });
@@ -53,7 +60,12 @@ pub(super) async fn run(
                 let Some(need) = need else { break };
                 tracing::info!(worker = %need.worker, cause = need.cause.as_str(), "resync needed");
                 if in_flight.insert(need.worker.clone()) {
-                    spawn(&mut jobs, need.worker, 0);
+                    let wait = pace.delay(&need.worker, Instant::now());
+                    if !wait.is_zero() {
+                        metrics.resyncs_paced.inc();
+                        tracing::debug!(worker = %need.worker, ?wait, "resync paced");
+                    }
+                    spawn(&mut jobs, need.worker, 0, wait);
                 }
             }
             Some(done) = jobs.join_next(), if !jobs.is_empty() => {
@@ -72,7 +84,7 @@ pub(super) async fn run(
                         let still = handle.needs_resync(w.clone()).await.unwrap_or(false);
                         if still {
                             tracing::warn!(worker = %w, attempt, "resync failed: {e}; retrying");
-                            spawn(&mut jobs, w, attempt + 1);
+                            spawn(&mut jobs, w, attempt + 1, Backoff::NETWORK.delay(attempt + 1));
                         } else {
                             in_flight.remove(&w);
                         }

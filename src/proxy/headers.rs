@@ -5,14 +5,36 @@
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 
 /// Request headers passed on to the engine (everything else is dropped).
-const FORWARDED_REQUEST_HEADERS: [&str; 6] = [
+const FORWARDED_REQUEST_HEADERS: [&str; 5] = [
     "content-type",
     "accept",
-    "authorization",
     "x-request-id",
     "traceparent",
     "tracestate",
 ];
+
+/// Whose credentials the engine sees: the client's `Authorization` reaches an engine only when
+/// the operator asks for it, so a client's API key never leaves the router by default.
+#[derive(Clone, Debug, Default)]
+pub enum EngineAuth {
+    /// No `Authorization` towards engines (the default).
+    #[default]
+    None,
+    /// This `Authorization` value (`Bearer <--engine-api-key>`), whatever the client sent.
+    Key(HeaderValue),
+    /// The client's own `Authorization`, passed on (`--forward-client-auth`).
+    ForwardClient,
+}
+
+impl EngineAuth {
+    /// `Authorization: Bearer <key>` towards engines, marked sensitive (never logged). Err
+    /// when the key cannot be a header value (control characters).
+    pub fn key(key: &str) -> Result<EngineAuth, axum::http::header::InvalidHeaderValue> {
+        let mut v = HeaderValue::from_str(&format!("Bearer {key}"))?;
+        v.set_sensitive(true);
+        Ok(EngineAuth::Key(v))
+    }
+}
 
 /// Hop-by-hop response headers never passed back (plus any named by `Connection`).
 /// `content-length` is dropped too: the body is always re-streamed.
@@ -30,11 +52,22 @@ const HOP_BY_HOP: [&str; 10] = [
 ];
 
 /// The client's headers the engine gets.
-pub(super) fn forwarded_headers(incoming: &HeaderMap) -> HeaderMap {
+pub(super) fn forwarded_headers(incoming: &HeaderMap, auth: &EngineAuth) -> HeaderMap {
     let mut out = HeaderMap::new();
     for name in FORWARDED_REQUEST_HEADERS {
         for value in incoming.get_all(name) {
             out.append(HeaderName::from_static(name), value.clone());
+        }
+    }
+    match auth {
+        EngineAuth::None => {}
+        EngineAuth::Key(v) => {
+            out.insert(header::AUTHORIZATION, v.clone());
+        }
+        EngineAuth::ForwardClient => {
+            for value in incoming.get_all(header::AUTHORIZATION) {
+                out.append(header::AUTHORIZATION, value.clone());
+            }
         }
     }
     if !out.contains_key(header::CONTENT_TYPE) {
@@ -99,12 +132,22 @@ mod tests {
         incoming.insert(header::HOST, "router:8000".parse().unwrap());
         incoming.insert(header::COOKIE, "a=b".parse().unwrap());
         incoming.insert(header::CONTENT_LENGTH, "3".parse().unwrap());
-        let out = forwarded_headers(&incoming);
-        assert_eq!(out[header::AUTHORIZATION], "Bearer k");
+        let out = forwarded_headers(&incoming, &EngineAuth::None);
+        assert!(
+            !out.contains_key(header::AUTHORIZATION),
+            "the client's key stays at the router"
+        );
         assert_eq!(out[header::ACCEPT], "text/event-stream");
         assert_eq!(out[header::CONTENT_TYPE], "application/json", "defaulted");
         assert!(!out.contains_key(header::HOST));
         assert!(!out.contains_key(header::COOKIE));
         assert!(!out.contains_key(header::CONTENT_LENGTH));
+
+        let key = EngineAuth::Key("Bearer engine-secret".parse().unwrap());
+        let out = forwarded_headers(&incoming, &key);
+        assert_eq!(out[header::AUTHORIZATION], "Bearer engine-secret");
+        assert_eq!(out.get_all(header::AUTHORIZATION).iter().count(), 1);
+        let out = forwarded_headers(&incoming, &EngineAuth::ForwardClient);
+        assert_eq!(out[header::AUTHORIZATION], "Bearer k");
     }
 }

@@ -28,6 +28,7 @@ mod headers;
 mod inflight;
 mod passthrough;
 
+pub use headers::EngineAuth;
 use headers::{forwarded_headers, response_headers};
 use inflight::Guard;
 pub use inflight::InFlight;
@@ -41,14 +42,19 @@ pub const WORKER_HEADER: &str = "x-cache-router-worker";
 pub struct ProxyConfig {
     /// TCP connect to an engine.
     pub connect_timeout: Duration,
-    /// From sending the request to the engine's response headers. Engines answer a
-    /// non-streaming request's headers only once generation is done, so for those this bounds
-    /// the whole generation (and a timeout fails over, re-running the request elsewhere).
+    /// From sending a streaming request to the engine's response headers (they come once
+    /// the prompt is prefilled); a timeout fails over to the next worker.
     pub first_byte_timeout: Duration,
+    /// The same for a non-streaming request, whose headers come only once the whole answer
+    /// is generated. A timeout here does not fail over: the engine took the request, and
+    /// sending it elsewhere would generate it twice.
+    pub generation_timeout: Duration,
     /// Longest gap between two body chunks (and from the headers to the first chunk).
     pub idle_timeout: Duration,
     /// Targets tried per request, at most (at least 1).
     pub max_attempts: u32,
+    /// Whose `Authorization` the engines see.
+    pub engine_auth: EngineAuth,
 }
 
 impl Default for ProxyConfig {
@@ -56,8 +62,10 @@ impl Default for ProxyConfig {
         ProxyConfig {
             connect_timeout: Duration::from_secs(2),
             first_byte_timeout: Duration::from_secs(60),
+            generation_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(60),
             max_attempts: 3,
+            engine_auth: EngineAuth::None,
         }
     }
 }
@@ -84,6 +92,20 @@ impl Target {
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.base_url.trim_end_matches('/'), path)
     }
+}
+
+/// What [`Proxy::forward`] sends.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    /// The API path (a query string may follow).
+    pub path: &'a str,
+    /// The client's body, unchanged.
+    pub body: Bytes,
+    /// The client's headers (only an allow-list crosses; see [`EngineAuth`]).
+    pub headers: &'a HeaderMap,
+    /// `stream: true`: headers come after prefill, so `first_byte_timeout` applies and a
+    /// timeout fails over; otherwise `generation_timeout`, and no failover on timeout.
+    pub streaming: bool,
 }
 
 /// The engine's answer, ready to return from a handler.
@@ -144,12 +166,16 @@ impl Proxy {
     pub async fn forward(
         &self,
         targets: &[Target],
-        path: &str,
-        body: Bytes,
-        headers: &HeaderMap,
+        request: Outgoing<'_>,
         inflight: &InFlight,
         uncached_blocks: impl Fn(&Target) -> u32,
     ) -> Result<Forwarded, ApiError> {
+        let Outgoing {
+            path,
+            body,
+            headers,
+            streaming,
+        } = request;
         let mut order: Vec<&Target> = targets.iter().collect();
         if order.is_empty() {
             return Err(ApiError::no_workers(
@@ -158,7 +184,12 @@ impl Proxy {
         }
         order.truncate(self.cfg.max_attempts.max(1) as usize);
 
-        let request_headers = forwarded_headers(headers);
+        let request_headers = forwarded_headers(headers, &self.cfg.engine_auth);
+        let wait = if streaming {
+            self.cfg.first_byte_timeout
+        } else {
+            self.cfg.generation_timeout
+        };
         let mut failures: Vec<(&Target, Failure)> = Vec::new();
         for (attempt, target) in order.iter().enumerate() {
             let guard = inflight.begin(target.worker, uncached_blocks(target));
@@ -169,8 +200,8 @@ impl Proxy {
                 .headers(request_headers.clone())
                 .body(body.clone())
                 .send();
-            let failure = match tokio::time::timeout(self.cfg.first_byte_timeout, send).await {
-                Err(_) => Failure::Timeout(self.cfg.first_byte_timeout),
+            let failure = match tokio::time::timeout(wait, send).await {
+                Err(_) => Failure::Timeout(wait),
                 Ok(Err(e)) => Failure::Request(e),
                 Ok(Ok(resp)) if resp.status().is_server_error() => Failure::Status(resp.status()),
                 Ok(Ok(resp)) => {
@@ -190,7 +221,13 @@ impl Proxy {
                 error = %failure.detail(),
                 "engine attempt failed"
             );
+            let generating = !streaming && matches!(failure, Failure::Timeout(_));
             failures.push((target, failure));
+            if generating {
+                // The engine took the request and is still generating: a retry elsewhere
+                // would run the whole generation again.
+                break;
+            }
         }
         Err(final_error(&failures))
     }

@@ -70,7 +70,18 @@ enum SyncState {
     InSync,
     Resyncing {
         buffered: Vec<Envelope>,
+        /// Estimated bytes of `buffered` (see [`approx_bytes`]).
+        bytes: usize,
     },
+}
+
+/// A buffered message's memory, estimated: the envelope and its block list.
+fn approx_bytes(env: &Envelope) -> usize {
+    let blocks = match &env.body {
+        Body::Stored { blocks, .. } | Body::Removed { blocks } => blocks.len(),
+        _ => 0,
+    };
+    96 + env.worker.0.len() + 8 * blocks
 }
 
 /// One worker as the router knows it.
@@ -83,6 +94,9 @@ pub struct WorkerEntry {
     pub last_seq: u64,
     pub load: Option<Load>,
     sync: SyncState,
+    /// Unregistered, and already so at the last [`Fleet::purge_unregistered`]: purged at the
+    /// next one unless it registers first.
+    marked: bool,
 }
 
 impl WorkerEntry {
@@ -109,6 +123,16 @@ pub struct FleetCounters {
     pub buffer_dropped: u64,
     /// Messages dropped because no worker slot was free.
     pub no_slot: u64,
+    /// Messages of workers never registered, dropped because `max_unregistered` such
+    /// workers already hold slots (ids invented to exhaust the slots).
+    pub unregistered_dropped: u64,
+    /// Unregistered workers evicted to give a registering worker a slot.
+    pub unregistered_evicted: u64,
+    /// Unregistered workers purged for staying unregistered ([`Fleet::purge_unregistered`]).
+    pub unregistered_purged: u64,
+    /// Messages buffered during a resync that were still ahead of the resync's sequence
+    /// (not from the worker's real sequence: a forged jump), dropped.
+    pub ahead_dropped: u64,
 }
 
 impl FleetCounters {
@@ -128,16 +152,21 @@ impl FleetCounters {
 #[derive(Clone, Debug)]
 pub struct FleetConfig {
     pub index: IndexConfig,
-    /// Most messages buffered per worker during a resync before the buffer is dropped and the
-    /// resync restarted.
-    pub max_buffered: usize,
+    /// Most bytes buffered during resyncs, all workers together: past it the worker whose
+    /// message does not fit loses its buffer and starts its resync over (its reporter's set
+    /// covers whatever the buffer held).
+    pub max_buffered_bytes: usize,
+    /// Most workers holding slots without a registry entry (known only from events, or from
+    /// a snapshot). A registering worker always gets a slot: one of these gives way.
+    pub max_unregistered: usize,
 }
 
 impl Default for FleetConfig {
     fn default() -> Self {
         FleetConfig {
             index: IndexConfig::default(),
-            max_buffered: 100_000,
+            max_buffered_bytes: 64 << 20,
+            max_unregistered: 1024,
         }
     }
 }
@@ -152,6 +181,10 @@ pub struct Fleet {
     applied_stream_seq: u64,
     counters: FleetCounters,
     config: FleetConfig,
+    /// Bytes buffered by all resyncing workers.
+    buffered_bytes: usize,
+    /// Workers holding a slot without a registry entry.
+    unregistered: usize,
 }
 
 impl Fleet {
@@ -164,11 +197,18 @@ impl Fleet {
             applied_stream_seq: 0,
             counters: FleetCounters::default(),
             config,
+            buffered_bytes: 0,
+            unregistered: 0,
         }
     }
 
     pub fn index(&self) -> &Index {
         &self.index
+    }
+
+    /// Bytes buffered by resyncing workers (bounded by `max_buffered_bytes`).
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered_bytes
     }
 
     pub fn counters(&self) -> &FleetCounters {
@@ -203,17 +243,27 @@ impl Fleet {
         v
     }
 
-    fn entry_or_insert(&mut self, id: &WorkerId) -> Option<&mut WorkerEntry> {
+    /// `id`'s entry, created with a slot if needed. A worker that is not `registering` gets a
+    /// slot only while fewer than `max_unregistered` unregistered workers hold one; a
+    /// registering worker always gets one, an unregistered worker giving way if needed.
+    fn entry_or_insert(&mut self, id: &WorkerId, registering: bool) -> Option<&mut WorkerEntry> {
         if !self.workers.contains_key(id) {
+            if !registering && self.unregistered >= self.config.max_unregistered {
+                self.counters.unregistered_dropped += 1;
+                return None;
+            }
             let idx = match self.free_slots.pop() {
                 Some(i) => i,
                 None => {
                     let next = self.slot_owner.len();
-                    if next > usize::from(MAX_WORKER_SLOT) {
+                    if next <= usize::from(MAX_WORKER_SLOT) {
+                        self.slot_owner.push(None);
+                        WorkerIdx::new(next as u32).expect("checked above")
+                    } else if registering {
+                        self.evict_unregistered()?
+                    } else {
                         return None;
                     }
-                    self.slot_owner.push(None);
-                    WorkerIdx::new(next as u32).expect("checked above")
                 }
             };
             self.slot_owner[idx.get()] = Some(id.clone());
@@ -226,10 +276,27 @@ impl Fleet {
                     last_seq: 0,
                     load: None,
                     sync: SyncState::InSync,
+                    marked: false,
                 },
             );
+            self.unregistered += 1;
         }
         self.workers.get_mut(id)
+    }
+
+    /// Frees the slot of an unregistered worker (the one holding fewest blocks) for a
+    /// registering one.
+    fn evict_unregistered(&mut self) -> Option<WorkerIdx> {
+        let victim = self
+            .workers
+            .iter()
+            .filter(|(_, e)| e.info.is_none())
+            .min_by_key(|(_, e)| self.index.worker_blocks(e.idx))
+            .map(|(id, _)| id.clone())?;
+        self.counters.unregistered_evicted += 1;
+        let idx = self.remove_worker(&victim)?;
+        self.free_slots.retain(|&s| s != idx);
+        Some(idx)
     }
 
     fn start_resync(&mut self, id: &WorkerId, cause: ResyncCause) -> ResyncNeeded {
@@ -239,8 +306,12 @@ impl Fleet {
             .entry(cause.as_str())
             .or_insert(0) += 1;
         if let Some(e) = self.workers.get_mut(id) {
+            if let SyncState::Resyncing { bytes, .. } = &e.sync {
+                self.buffered_bytes -= bytes;
+            }
             e.sync = SyncState::Resyncing {
                 buffered: Vec::new(),
+                bytes: 0,
             };
         }
         ResyncNeeded {
@@ -267,19 +338,23 @@ impl Fleet {
             self.update_load(&env.worker, load);
             return None;
         }
-        let max_buffered = self.config.max_buffered;
-        let Some(entry) = self.entry_or_insert(&env.worker) else {
+        let budget = self.config.max_buffered_bytes;
+        let total = self.buffered_bytes;
+        let Some(entry) = self.entry_or_insert(&env.worker, false) else {
             self.counters.no_slot += 1;
             return None;
         };
-        if let SyncState::Resyncing { buffered } = &mut entry.sync {
-            if buffered.len() >= max_buffered {
+        if let SyncState::Resyncing { buffered, bytes } = &mut entry.sync {
+            let size = approx_bytes(&env);
+            if total + size > budget {
                 let dropped = buffered.len() as u64 + 1;
                 let id = env.worker.clone();
                 self.counters.buffer_dropped += dropped;
                 return Some(self.start_resync(&id, ResyncCause::BufferOverflow));
             }
             buffered.push(env);
+            *bytes += size;
+            self.buffered_bytes += size;
             return None;
         }
         let fresh = entry.epoch == 0 && entry.last_seq == 0;
@@ -338,11 +413,14 @@ impl Fleet {
 
     fn buffer(&mut self, id: &WorkerId, env: Envelope) {
         if let Some(WorkerEntry {
-            sync: SyncState::Resyncing { buffered },
+            sync: SyncState::Resyncing { buffered, bytes },
             ..
         }) = self.workers.get_mut(id)
         {
+            let size = approx_bytes(&env);
             buffered.push(env);
+            *bytes += size;
+            self.buffered_bytes += size;
         }
     }
 
@@ -356,17 +434,30 @@ impl Fleet {
         entries: &[(BlockHash, Option<BlockHash>)],
     ) -> Option<ResyncNeeded> {
         let entry = self.workers.get_mut(id)?;
-        let SyncState::Resyncing { buffered } = std::mem::take(&mut entry.sync) else {
+        let SyncState::Resyncing { buffered, bytes } = std::mem::take(&mut entry.sync) else {
             return None;
         };
+        self.buffered_bytes -= bytes;
         entry.epoch = epoch;
         entry.last_seq = seq;
         let idx = entry.idx;
         self.index.replace_worker(idx, entries);
         self.index.maintain();
         self.counters.resyncs_completed += 1;
+        // What came after the set: messages up to `seq` are in it (dropped as duplicates),
+        // the next ones apply in order. One still ahead of the sequence cannot come from the
+        // worker — anything it sent after answering carries `seq + 1`, `seq + 2`, … in stream
+        // order — so it is dropped rather than allowed to start yet another resync (a forged
+        // jump of 10^12 used to loop forever). A later real gap still resyncs, rate-limited.
         let mut need = None;
         for env in buffered {
+            let in_this_epoch = self.workers.get(id).map(|e| (e.epoch, e.last_seq));
+            if let Some((cur_epoch, last)) = in_this_epoch {
+                if env.epoch == cur_epoch && env.seq > last.saturating_add(1) {
+                    self.counters.ahead_dropped += 1;
+                    continue;
+                }
+            }
             if let Some(n) = self.apply_in_order(env) {
                 need = Some(n);
             }
@@ -382,20 +473,60 @@ impl Fleet {
     /// A worker's registry entry was written (registration or refresh).
     pub fn register(&mut self, info: WorkerInfo) {
         let id = info.id.clone();
-        match self.entry_or_insert(&id) {
-            Some(e) => e.info = Some(info),
+        let mut newly = false;
+        match self.entry_or_insert(&id, true) {
+            Some(e) => {
+                newly = e.info.is_none();
+                e.info = Some(info);
+            }
             None => self.counters.no_slot += 1,
+        }
+        if newly {
+            self.unregistered -= 1;
         }
     }
 
     /// A worker left (registry entry deleted or expired): forget it entirely. Returns its old
     /// index slot so callers can drop other per-slot state (speculation).
     pub fn deregister(&mut self, id: &WorkerId) -> Option<WorkerIdx> {
+        self.remove_worker(id)
+    }
+
+    fn remove_worker(&mut self, id: &WorkerId) -> Option<WorkerIdx> {
         let e = self.workers.remove(id)?;
+        if e.info.is_none() {
+            self.unregistered -= 1;
+        }
+        if let SyncState::Resyncing { bytes, .. } = &e.sync {
+            self.buffered_bytes -= bytes;
+        }
         self.index.purge_worker(e.idx);
         self.slot_owner[e.idx.get()] = None;
         self.free_slots.push(e.idx);
         Some(e.idx)
+    }
+
+    /// Purges the workers that hold a slot without a registry entry and already did at the
+    /// previous call (the quarantine of ids known only from events), and marks the rest.
+    /// The shell calls it once per registry TTL while the registry is readable, so an id
+    /// nobody registers is gone within two TTLs, and a real worker whose events arrive just
+    /// before its entry is not. Returns the purged ids and the slots they held.
+    pub fn purge_unregistered(&mut self) -> Vec<(WorkerId, WorkerIdx)> {
+        let mut purge = Vec::new();
+        for (id, e) in self.workers.iter_mut() {
+            if e.info.is_some() {
+                e.marked = false;
+            } else if e.marked {
+                purge.push(id.clone());
+            } else {
+                e.marked = true;
+            }
+        }
+        self.counters.unregistered_purged += purge.len() as u64;
+        purge
+            .into_iter()
+            .filter_map(|id| self.remove_worker(&id).map(|slot| (id, slot)))
+            .collect()
     }
 
     pub fn update_load(&mut self, id: &WorkerId, load: Load) {
@@ -437,7 +568,7 @@ impl Fleet {
         fleet.applied_stream_seq = snap.stream_seq;
         let mut needs = Vec::new();
         for w in snap.workers {
-            let Some(e) = fleet.entry_or_insert(&w.id) else {
+            let Some(e) = fleet.entry_or_insert(&w.id, true) else {
                 fleet.counters.no_slot += 1;
                 continue;
             };

@@ -112,8 +112,9 @@ fn digest_mismatch_triggers_resync_and_match_does_not() {
 
 #[test]
 fn buffer_overflow_restarts_the_resync() {
+    // Room for two one-block messages (about 105 bytes each), not three.
     let config = FleetConfig {
-        max_buffered: 2,
+        max_buffered_bytes: 250,
         ..FleetConfig::default()
     };
     let mut f = Fleet::new(config);
@@ -123,6 +124,134 @@ fn buffer_overflow_restarts_the_resync() {
     let need = f.apply(4, env("a", 1, 5, stored(&[4], None))).unwrap();
     assert_eq!(need.cause, ResyncCause::BufferOverflow);
     assert_eq!(f.counters().buffer_dropped, 3);
+}
+
+#[test]
+fn the_buffer_budget_is_in_bytes_and_shared_by_all_workers() {
+    // One 1,000-block message is worth many small ones: the budget counts bytes.
+    let config = FleetConfig {
+        max_buffered_bytes: 9_000,
+        ..FleetConfig::default()
+    };
+    let mut f = Fleet::new(config);
+    // About 8,900 bytes: it would fit alone.
+    let big: Vec<u64> = (100..1_200).collect();
+    f.apply(1, env("a", 1, 1, stored(&[1], None)));
+    f.apply(2, env("b", 1, 1, stored(&[2], None)));
+    assert!(f.apply(3, env("a", 1, 3, stored(&[3], None))).is_some());
+    assert!(f.apply(4, env("b", 1, 3, stored(&[4], None))).is_some());
+    // Worker b's big message does not fit in what a and b buffered together.
+    let need = f.apply(5, env("b", 1, 4, stored(&big, None))).unwrap();
+    assert_eq!(need.cause, ResyncCause::BufferOverflow);
+    assert_eq!(need.worker, WorkerId::from("b"));
+    // a's buffer is untouched, b's was released: the budget accounts for both.
+    assert!(f.apply(6, env("a", 1, 4, stored(&[5], None))).is_none());
+    assert_eq!(f.counters().buffer_dropped, 2);
+    f.resync_done(&"b".into(), 1, 4, &[]);
+    f.resync_done(&"a".into(), 1, 2, &[]);
+    assert_eq!(f.buffered_bytes, 0, "released on completion");
+}
+
+#[test]
+fn a_forged_sequence_jump_costs_one_resync_not_a_loop() {
+    let mut f = Fleet::new(FleetConfig::default());
+    let w: WorkerId = "a".into();
+    f.apply(1, env("a", 1, 1, stored(&[1], None)));
+    // A forger on a's subject jumps the sequence by 10^12.
+    let need = f.apply(2, env("a", 1, 1_000_000_000_001, stored(&[66], None)));
+    assert_eq!(need.map(|n| n.cause), Some(ResyncCause::Gap));
+    // The real worker goes on while the resync is pending.
+    assert!(f.apply(3, env("a", 1, 2, stored(&[2], Some(1)))).is_none());
+    // Its set as of seq 1: the forged message is ahead of anything the worker sent, so it
+    // is dropped; the real seq 2 applies; no second resync.
+    assert_eq!(f.resync_done(&w, 1, 1, &[(BlockHash(1), None)]), None);
+    assert_eq!(f.worker_blocks(&w), ids(&[1, 2]));
+    assert_eq!(f.counters().ahead_dropped, 1);
+    assert_eq!(f.counters().resyncs_total(), 1);
+    assert!(f.apply(4, env("a", 1, 3, stored(&[3], Some(2)))).is_none());
+    assert_eq!(f.worker_blocks(&w), ids(&[1, 2, 3]));
+}
+
+fn info(id: &str) -> WorkerInfo {
+    WorkerInfo {
+        id: id.into(),
+        url: "http://127.0.0.1:1".into(),
+        model: "m".into(),
+        block_size: 16,
+        epoch: 1,
+    }
+}
+
+#[test]
+fn invented_worker_ids_are_quarantined_and_a_registering_worker_always_gets_a_slot() {
+    let config = FleetConfig {
+        max_unregistered: 3,
+        ..FleetConfig::default()
+    };
+    let mut f = Fleet::new(config);
+    for i in 0..10u64 {
+        f.apply(i + 1, env(&format!("fake-{i}"), 1, 1, stored(&[i], None)));
+    }
+    assert_eq!(
+        f.workers().count(),
+        3,
+        "only three unregistered ids hold slots"
+    );
+    assert_eq!(f.counters().unregistered_dropped, 7);
+    f.register(info("real"));
+    f.apply(11, env("real", 1, 1, stored(&[42], None)));
+    assert_eq!(f.worker_blocks(&"real".into()), ids(&[42]));
+    // Registered workers do not count against the quarantine.
+    f.apply(12, env("fake-x", 1, 1, stored(&[7], None)));
+    assert_eq!(f.counters().unregistered_dropped, 8);
+}
+
+#[test]
+fn when_every_slot_is_taken_by_invented_ids_a_registering_worker_evicts_one() {
+    let config = FleetConfig {
+        max_unregistered: usize::MAX,
+        ..FleetConfig::default()
+    };
+    let mut f = Fleet::new(config);
+    let slots = usize::from(MAX_WORKER_SLOT) + 1;
+    for i in 0..slots as u64 {
+        f.apply(i + 1, env(&format!("f{i}"), 1, 1, stored(&[i], None)));
+    }
+    assert_eq!(f.workers().count(), slots);
+    f.apply(slots as u64 + 1, env("late", 1, 1, stored(&[1], None)));
+    assert_eq!(
+        f.counters().no_slot,
+        1,
+        "no slot left for another invented id"
+    );
+    f.register(info("real"));
+    assert!(f.worker(&"real".into()).is_some_and(|e| e.info.is_some()));
+    assert_eq!(f.counters().unregistered_evicted, 1);
+    assert_eq!(f.workers().count(), slots);
+}
+
+#[test]
+fn unregistered_ids_are_purged_at_the_second_sweep_and_registered_ones_never() {
+    let mut f = Fleet::new(FleetConfig::default());
+    f.register(info("real"));
+    f.apply(1, env("real", 1, 1, stored(&[1], None)));
+    f.apply(2, env("ghost", 1, 1, stored(&[2], None)));
+    assert!(f.purge_unregistered().is_empty(), "first sweep only marks");
+    // A worker whose events came just before its entry registers in time.
+    f.apply(3, env("late", 1, 1, stored(&[3], None)));
+    let purged: Vec<WorkerId> = f
+        .purge_unregistered()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(purged, vec![WorkerId::from("ghost")]);
+    f.register(info("late"));
+    assert!(f.purge_unregistered().is_empty());
+    assert!(f.worker(&"late".into()).is_some());
+    assert!(f.worker(&"real".into()).is_some());
+    assert!(f.worker(&"ghost".into()).is_none());
+    assert_eq!(f.index().stats().entries, 2, "the ghost's blocks are gone");
+    assert_eq!(f.counters().unregistered_purged, 1);
 }
 
 #[test]

@@ -118,6 +118,58 @@ fn memory_bound_evicts_leaves_and_counts_them() {
     assert_eq!(idx.worker_digest(w(0)), Digest::of(1..=79));
 }
 
+/// Two long chains against a bound they overflow twice over: eviction takes whole suffixes,
+/// each call does a bounded amount of work, and the total is one lap of the log plus one step
+/// per evicted entry (it used to rescan the worker's whole log for each block of a chain:
+/// 10^10 steps for two 100k-block chains, minutes of a stalled fleet thread).
+#[test]
+fn evicting_long_chains_costs_time_proportional_to_what_is_evicted() {
+    const N: u64 = 100_000;
+    let mut idx = Index::new(IndexConfig {
+        max_entries: N as usize,
+    });
+    let a: Vec<u64> = (1..=N).collect();
+    let b: Vec<u64> = (N + 1..=2 * N).collect();
+    let work = |idx: &Index| {
+        let s = idx.stats();
+        s.evict_scanned + s.evictions
+    };
+    idx.apply_stored(w(0), None, &hs(&a));
+    idx.apply_stored(w(0), None, &hs(&b));
+    assert!(work(&idx) <= EVICT_WORK as u64, "one call, one budget");
+    let mut calls = 0;
+    while idx.stats().entries > N as usize {
+        let before = work(&idx);
+        idx.maintain();
+        assert!(
+            work(&idx) - before <= EVICT_WORK as u64,
+            "one call, one budget"
+        );
+        calls += 1;
+        assert!(calls < 100, "the bound is never reached: {:?}", idx.stats());
+    }
+    let stats = idx.stats();
+    assert!(stats.evictions >= N, "{stats:?}");
+    assert!(
+        stats.evict_scanned <= 2 * N + 1,
+        "eviction examined {} log entries (the log holds {}) to evict {}",
+        stats.evict_scanned,
+        2 * N,
+        stats.evictions
+    );
+    // What is left of each chain is one whole prefix of it: no holes.
+    let resident: std::collections::HashSet<u64> =
+        idx.worker_block_iter(w(0)).map(|x| x.0).collect();
+    for chain in [&a, &b] {
+        let prefix = overlaps(&idx, chain).first().map_or(0, |o| o.1 as usize);
+        let held = chain.iter().filter(|x| resident.contains(x)).count();
+        assert_eq!(
+            prefix, held,
+            "the chain lost a suffix, not blocks in between"
+        );
+    }
+}
+
 #[test]
 fn many_holders_spill_and_galloping_splits_them() {
     let mut idx = Index::default();

@@ -15,6 +15,8 @@ mod types;
 mod value;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 pub use decode::decode_batch;
