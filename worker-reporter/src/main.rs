@@ -11,6 +11,9 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: in a pipe, a file or a container log they are noise
+        // (and break whoever parses the lines).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     args.validate()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
