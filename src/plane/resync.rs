@@ -122,6 +122,12 @@ async fn fetch(
         let mut chunks: HashMap<u32, SyncChunk> = HashMap::new();
         let mut total = None;
         while let Some(msg) = sub.next().await {
+            if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                return Err(BusError::nats(
+                    "resync",
+                    format!("no reporter answers on {}", subjects.sync(w)),
+                ));
+            }
             let chunk: SyncChunk = decode_versioned(&msg.payload)?;
             if &chunk.worker != w {
                 continue;

@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use cache_router::mock::{MockWorker, MockWorkerArgs, RunningMock};
 use cache_router_core::protocol::BlockHash;
-use worker_reporter::{Reporter, ReporterArgs};
+pub use worker_reporter::Reporter;
+use worker_reporter::ReporterArgs;
 
 use crate::{tokenizer, BLOCK_SIZE, MODEL};
 

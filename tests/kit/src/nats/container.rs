@@ -1,6 +1,10 @@
 //! The container backend of [`super::NatsServer`]: testcontainers-modules' NATS image pointed
 //! at the locally built `cache-router/nats` (no registry), JetStream on, the client port
 //! published on a fixed loopback port so that it survives a stop and a start.
+//!
+//! With a [`NatsConf`], its files are copied into the container's [`CONF_DIR`] before it starts
+//! (mode 0644, so the image's non-root user reads them) and the server also runs with
+//! `-c CONF_DIR/nats.conf`; the JetStream flags keep precedence over the file.
 
 use std::time::Duration;
 
@@ -9,7 +13,11 @@ use testcontainers::runners::SyncRunner;
 use testcontainers::{Container, ImageExt};
 use testcontainers_modules::nats::{Nats, NatsServerCmd};
 
+use super::{NatsConf, CONF_FILE};
 use crate::docker::{self, off_runtime};
+
+/// Where a configuration's files go inside the container (`{dir}`).
+const CONF_DIR: &str = "/etc/nats-test";
 
 /// Attempts at publishing the client port when Docker says it is already allocated.
 const PORT_ATTEMPTS: u32 = 5;
@@ -36,23 +44,29 @@ impl std::fmt::Debug for ContainerNats {
 }
 
 impl ContainerNats {
-    pub(super) fn start() -> ContainerNats {
+    pub(super) fn start(conf: Option<&NatsConf>) -> ContainerNats {
         let tag = docker::image_tag();
         let mut last_error = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = docker::free_port();
             // The module's JetStream flag, and the store in the image's /data (the default,
             // /tmp/nats, works too; /data is the one owned by the server's user).
-            let cmd: Vec<String> = (&NatsServerCmd::default().with_jetstream())
+            let conf_arg = conf.map(|_| ["-c".to_owned(), format!("{CONF_DIR}/{CONF_FILE}")]);
+            let cmd: Vec<String> = conf_arg
                 .into_iter()
+                .flatten()
+                .chain(&NatsServerCmd::default().with_jetstream())
                 .chain(["-sd".to_owned(), "/data".to_owned()])
                 .collect();
-            let image = Nats::default()
+            let mut image = Nats::default()
                 .with_cmd(cmd)
                 .with_name(docker::NATS_IMAGE)
                 .with_tag(tag.clone())
                 .with_mapped_port(port, ContainerPort::Tcp(4222))
                 .with_startup_timeout(READY_TIMEOUT);
+            for (name, contents) in conf.map(|c| c.files_in(CONF_DIR)).unwrap_or_default() {
+                image = image.with_copy_to(format!("{CONF_DIR}/{name}"), contents);
+            }
             match off_runtime(move || image.start()) {
                 Ok(container) => {
                     return ContainerNats {

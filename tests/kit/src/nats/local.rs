@@ -8,17 +8,20 @@
 //! 2.x release prints), never guessed with a sleep. [`LocalNats::stop`] and
 //! [`LocalNats::restart`] simulate a crash and a comeback on the same port with the same store.
 //! Dropping the fixture kills the server and removes the store directory.
+//!
+//! With a [`NatsConf`], its files go to a private directory of their own (`{dir}`) and the
+//! server also runs with `-c <dir>/nats.conf`; the flags above keep precedence over the file.
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::fs;
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use super::{NatsConf, TempDir, CONF_FILE};
 
 /// How long one start may take to print its readiness lines.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -41,7 +44,10 @@ pub(super) struct LocalNats {
     bin: PathBuf,
     child: Option<Child>,
     port: u16,
-    store_dir: PathBuf,
+    /// The JetStream store (`-sd`), kept across restarts.
+    store: TempDir,
+    /// The configuration's directory, when started with one.
+    conf_dir: Option<TempDir>,
     log: Log,
 }
 
@@ -52,15 +58,24 @@ struct LaunchError {
 }
 
 impl LocalNats {
-    /// Starts a server on a random free loopback port with a new, empty store directory and
-    /// returns once it accepts clients. Panics, with the server's log, if the binary is missing
-    /// or the server is not ready within 20 s.
-    pub(super) fn start() -> LocalNats {
+    /// Starts a server on a random free loopback port with a new, empty store directory (and
+    /// `conf`, if given) and returns once it accepts clients. Panics, with the server's log, if
+    /// the binary is missing or the server is not ready within 20 s.
+    pub(super) fn start(conf: Option<&NatsConf>) -> LocalNats {
+        let conf_dir = conf.map(|conf| {
+            let dir = TempDir::new("cache-router-nats-conf");
+            let dir_name = dir.path().display().to_string();
+            for (name, contents) in conf.files_in(&dir_name) {
+                dir.write(&name, contents);
+            }
+            dir
+        });
         let mut server = LocalNats {
             bin: server_bin(),
             child: None,
             port: 0,
-            store_dir: make_store_dir(),
+            store: TempDir::new("cache-router-nats"),
+            conf_dir,
             log: Arc::default(),
         };
         match server.launch(None) {
@@ -87,7 +102,7 @@ impl LocalNats {
 
     /// The JetStream store directory (`-sd`); the server keeps its data under `jetstream/`.
     pub(super) fn store_dir(&self) -> &Path {
-        &self.store_dir
+        self.store.path()
     }
 
     /// The server's process id, or `None` while it is stopped.
@@ -160,7 +175,7 @@ impl LocalNats {
                          --- nats-server log ---\n{}",
                         self.bin.display(),
                         self.port,
-                        self.store_dir.display(),
+                        self.store_dir().display(),
                         self.log_tail()
                     );
                 }
@@ -172,9 +187,13 @@ impl LocalNats {
     /// the port it listens on; on failure the process is killed and reaped.
     fn launch(&mut self, port: Option<u16>) -> Result<u16, LaunchError> {
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
-        let mut child = match Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        if let Some(dir) = &self.conf_dir {
+            command.arg("-c").arg(dir.path().join(CONF_FILE));
+        }
+        let mut child = match command
             .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
-            .arg(&self.store_dir)
+            .arg(self.store.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -256,12 +275,12 @@ impl Drop for LocalNats {
         if thread::panicking() && self.child.is_some() {
             eprintln!(
                 "--- nats-server log (store {}) ---\n{}",
-                self.store_dir.display(),
+                self.store_dir().display(),
                 self.log_tail()
             );
         }
+        // The fields' own drops then remove the store and configuration directories.
         self.kill_child();
-        let _ = fs::remove_dir_all(&self.store_dir);
     }
 }
 
@@ -271,7 +290,8 @@ impl fmt::Debug for LocalNats {
             .field("bin", &self.bin)
             .field("pid", &self.pid())
             .field("port", &self.port)
-            .field("store_dir", &self.store_dir)
+            .field("store_dir", &self.store_dir())
+            .field("conf_dir", &self.conf_dir.as_ref().map(TempDir::path))
             .finish()
     }
 }
@@ -282,24 +302,6 @@ fn server_bin() -> PathBuf {
         Some(bin) if !bin.is_empty() => PathBuf::from(bin),
         _ => PathBuf::from("nats-server"),
     }
-}
-
-/// A new, empty directory under the system temp dir, unique to this process and call.
-fn make_store_dir() -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let root = std::env::temp_dir();
-    let dir = root.join(format!(
-        "cache-router-nats-{}-{n}-{nanos}",
-        std::process::id()
-    ));
-    fs::create_dir_all(&root)
-        .and_then(|()| fs::create_dir(&dir))
-        .unwrap_or_else(|e| panic!("cannot create the NATS store dir {}: {e}", dir.display()));
-    dir
 }
 
 /// The port in a "Listening for client connections on HOST:PORT" log line.

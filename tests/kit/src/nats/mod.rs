@@ -12,9 +12,17 @@
 //! the same contract: [`NatsServer::url`] on 127.0.0.1, a fresh JetStream store per server,
 //! [`NatsServer::stop`] as a crash (SIGKILL) and [`NatsServer::restart`] on the same port with
 //! the same store, and dropping the fixture removes the server and its store.
+//!
+//! [`NatsServer::start_with_config`] adds a configuration file (accounts, users, permissions,
+//! TLS, operator mode) and the files it names, on either backend; [`permissions`], [`certs`]
+//! and [`jwt`] make what such a configuration needs, and [`TempDir`] holds a client's copies.
 
+pub mod certs;
 mod container;
+pub mod jwt;
 mod local;
+pub mod permissions;
+mod temp_dir;
 
 use std::path::Path;
 use std::sync::Once;
@@ -22,6 +30,58 @@ use std::sync::Once;
 use crate::docker;
 use container::ContainerNats;
 use local::LocalNats;
+pub use temp_dir::TempDir;
+
+/// The name of the configuration file among a [`NatsConf`]'s files.
+const CONF_FILE: &str = "nats.conf";
+
+/// A nats-server configuration file and the files it names (certificates, keys, an operator
+/// JWT), for [`NatsServer::start_with_config`].
+///
+/// In the text, `{dir}` stands for the directory the server finds the files in: a private
+/// temp dir for a local server, a directory inside the container for a container. The fixture's
+/// command-line flags still apply and take precedence over the file: the client port (a random
+/// one locally, 4222 published on a loopback port in a container) and JetStream with its store
+/// (`-js -sd`), so the text should set neither `listen`/`port` nor a JetStream store. With a
+/// `tls` block, [`NatsServer::url`] stays `nats://`: the server's `INFO` requires TLS and
+/// clients upgrade (the certificate must name 127.0.0.1, see [`certs`]).
+#[derive(Clone, Debug, Default)]
+pub struct NatsConf {
+    text: String,
+    files: Vec<(String, Vec<u8>)>,
+}
+
+impl NatsConf {
+    pub fn new(text: impl Into<String>) -> NatsConf {
+        NatsConf {
+            text: text.into(),
+            files: Vec::new(),
+        }
+    }
+
+    /// Adds the file `name` (a plain file name, not `nats.conf`) with `contents`; the text
+    /// names it as `{dir}/<name>`.
+    pub fn with_file(mut self, name: &str, contents: impl Into<Vec<u8>>) -> NatsConf {
+        assert!(
+            !name.is_empty() && !name.contains('/') && name != CONF_FILE,
+            "{name:?}: a NatsConf file needs a plain name other than {CONF_FILE}"
+        );
+        self.files.push((name.to_owned(), contents.into()));
+        self
+    }
+
+    /// Every file to put in the server's directory `dir`, the configuration itself (`{dir}`
+    /// replaced) first.
+    fn files_in(&self, dir: &str) -> Vec<(String, Vec<u8>)> {
+        let conf = (
+            CONF_FILE.to_owned(),
+            self.text.replace("{dir}", dir).into_bytes(),
+        );
+        std::iter::once(conf)
+            .chain(self.files.iter().cloned())
+            .collect()
+    }
+}
 
 /// Where a server runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,9 +159,25 @@ impl NatsServer {
 
     /// Starts a server on `backend`, whatever the environment asks for.
     pub fn start_on(backend: Backend) -> NatsServer {
+        Self::launch(backend, None)
+    }
+
+    /// [`start`](NatsServer::start) with a configuration file (see [`NatsConf`]) on the chosen
+    /// [`backend`]. Readiness is read as without one (the server's log, or its `INFO` line,
+    /// which a server that requires authentication or TLS sends first all the same).
+    pub fn start_with_config(conf: &NatsConf) -> NatsServer {
+        Self::start_with_config_on(backend(), conf)
+    }
+
+    /// [`start_with_config`](NatsServer::start_with_config) on `backend`.
+    pub fn start_with_config_on(backend: Backend, conf: &NatsConf) -> NatsServer {
+        Self::launch(backend, Some(conf))
+    }
+
+    fn launch(backend: Backend, conf: Option<&NatsConf>) -> NatsServer {
         let server = match backend {
-            Backend::Container => Server::Container(Box::new(ContainerNats::start())),
-            Backend::Local => Server::Local(LocalNats::start()),
+            Backend::Container => Server::Container(Box::new(ContainerNats::start(conf))),
+            Backend::Local => Server::Local(LocalNats::start(conf)),
         };
         NatsServer { server }
     }
