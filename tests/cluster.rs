@@ -12,7 +12,7 @@
 //! `cache-router/nats` image (`bash docker/build.sh`); without them the test says so and
 //! checks nothing (in CI, `CACHE_ROUTER_TEST_NATS=docker` makes that a failure).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,8 +25,8 @@ use cache_router_testkit::engines::{
     start_engine, start_reporter, Engine, EngineSpec, ReporterSpec,
 };
 use cache_router_testkit::nats::{self, Backend};
-use cache_router_testkit::traffic::Traffic;
-use cache_router_testkit::{eventually, http_client, routers, MODEL};
+use cache_router_testkit::traffic::{stream_completions, StreamCounts, Traffic};
+use cache_router_testkit::{eventually, http_client, routers};
 
 const ENGINES: usize = 4;
 /// How long a fault lasts under traffic before it is repaired.
@@ -43,72 +43,6 @@ fn router_config(urls: &str, id: &str) -> RouterConfig {
     // The registry TTL must outlast a node's leader election.
     n.limits.registry_ttl = Duration::from_secs(5);
     c
-}
-
-/// Counts of the traffic so far.
-#[derive(Debug, Default)]
-struct Counts {
-    sent: AtomicU64,
-    failed: AtomicU64,
-    /// The first failures, for the report.
-    examples: std::sync::Mutex<Vec<String>>,
-}
-
-/// Streams completions through `routers` in turn until `stop`, counting failures (a non-2xx
-/// status, or a body that breaks off or carries an error event).
-async fn stream_traffic(
-    routers: Arc<Mutex<Vec<String>>>,
-    traffic: Arc<Mutex<Traffic>>,
-    counts: Arc<Counts>,
-    stop: CancellationToken,
-) {
-    let http = http_client();
-    let mut k = 0usize;
-    while !stop.is_cancelled() {
-        let url = {
-            let r = routers.lock().await;
-            r[k % r.len()].clone()
-        };
-        k += 1;
-        let prompt = traffic.lock().await.next_prompt();
-        let body =
-            serde_json::json!({"model": MODEL, "prompt": prompt, "max_tokens": 4, "stream": true});
-        let failure = match http
-            .post(format!("{url}/v1/completions"))
-            .json(&body)
-            .send()
-            .await
-        {
-            Ok(r) => {
-                let status = r.status();
-                match r.text().await {
-                    Ok(text)
-                        if status.is_success()
-                            && text.contains("[DONE]")
-                            && !text.contains("\"error\"") =>
-                    {
-                        None
-                    }
-                    Ok(text) => Some(format!(
-                        "{status}: {}",
-                        text.chars().take(200).collect::<String>()
-                    )),
-                    Err(e) => Some(format!("{status}: body: {e}")),
-                }
-            }
-            Err(e) => Some(format!("request: {e}")),
-        };
-        counts.sent.fetch_add(1, Ordering::Relaxed);
-        if let Some(f) = failure {
-            counts.failed.fetch_add(1, Ordering::Relaxed);
-            let mut ex = counts.examples.lock().unwrap();
-            if ex.len() < 5 {
-                ex.push(f);
-            }
-        }
-        // About 50 requests a second: enough to keep every engine's cache changing.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Both routers' views of every worker equal the engines' caches.
@@ -233,9 +167,9 @@ async fn cluster_faults_under_streaming_traffic() {
 
     let router_urls = Arc::new(Mutex::new(vec![a.url().to_owned(), b.url().to_owned()]));
     let traffic = Arc::new(Mutex::new(Traffic::new(11)));
-    let counts = Arc::new(Counts::default());
+    let counts = Arc::new(StreamCounts::default());
     let stop = CancellationToken::new();
-    let load = tokio::spawn(stream_traffic(
+    let load = tokio::spawn(stream_completions(
         router_urls.clone(),
         traffic.clone(),
         counts.clone(),

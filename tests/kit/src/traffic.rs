@@ -3,9 +3,15 @@
 //! engine's cache, translated.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use cache_router::mock::engine_block_hashes;
 use cache_router_core::hashing::{block_hashes, namespace_seed};
@@ -67,5 +73,83 @@ impl Traffic {
     /// The engine's cache in our hashes, sorted.
     pub fn expected(&self, engine: &Engine) -> Vec<BlockHash> {
         engine_cache_as_ours(engine, &self.ours)
+    }
+}
+
+/// What [`stream_completions`] sent so far.
+#[derive(Debug, Default)]
+pub struct StreamCounts {
+    pub sent: AtomicU64,
+    pub failed: AtomicU64,
+    /// The first failures, for the report.
+    pub examples: std::sync::Mutex<Vec<String>>,
+}
+
+impl StreamCounts {
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// Streams completions through `routers` in turn, about 50 a second, until `stop`, counting
+/// failures (a non-2xx status, or a body that breaks off or carries an error event). Bounded by
+/// `stop`, which every caller cancels.
+pub async fn stream_completions(
+    routers: Arc<Mutex<Vec<String>>>,
+    traffic: Arc<Mutex<Traffic>>,
+    counts: Arc<StreamCounts>,
+    stop: CancellationToken,
+) {
+    let http = crate::http_client();
+    let mut k = 0usize;
+    while !stop.is_cancelled() {
+        let url = {
+            let r = routers.lock().await;
+            r[k % r.len()].clone()
+        };
+        k += 1;
+        let prompt = traffic.lock().await.next_prompt();
+        let body =
+            serde_json::json!({"model": MODEL, "prompt": prompt, "max_tokens": 4, "stream": true});
+        let failure = match http
+            .post(format!("{url}/v1/completions"))
+            .json(&body)
+            .timeout(crate::patience())
+            .send()
+            .await
+        {
+            Ok(r) => {
+                let status = r.status();
+                match r.text().await {
+                    Ok(text)
+                        if status.is_success()
+                            && text.contains("[DONE]")
+                            && !text.contains("\"error\"") =>
+                    {
+                        None
+                    }
+                    Ok(text) => Some(format!(
+                        "{status}: {}",
+                        text.chars().take(200).collect::<String>()
+                    )),
+                    Err(e) => Some(format!("{status}: body: {e}")),
+                }
+            }
+            Err(e) => Some(format!("request: {e}")),
+        };
+        counts.sent.fetch_add(1, Ordering::Relaxed);
+        if let Some(f) = failure {
+            counts.failed.fetch_add(1, Ordering::Relaxed);
+            let mut ex = counts.examples.lock().unwrap_or_else(|e| e.into_inner());
+            if ex.len() < 5 {
+                ex.push(f);
+            }
+        }
+        // About 50 requests a second: enough to keep every engine's cache changing.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
