@@ -33,7 +33,11 @@ async fn a_30s_nats_outage_under_streaming_traffic_fails_under_1_percent_and_con
     let mut reporters = Vec::new();
     for i in 0..ENGINES {
         let e = start_engine(EngineSpec::default()).await.unwrap();
-        reporters.push(start_reporter(&url, &e, &ReporterSpec::new(&format!("engine-{i}"))));
+        reporters.push(start_reporter(
+            &url,
+            &e,
+            &ReporterSpec::new(&format!("engine-{i}")),
+        ));
         engines.push(e);
     }
     eventually("every worker registered", || async {

@@ -25,7 +25,7 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Result<Client, BusError> {
         .retry_on_initial_connect()
         // async-nats asks for a delay before its very first attempt too (attempt 1): none.
         .reconnect_delay_callback(|attempt| {
-            Backoff::NETWORK.delay(u32::try_from(attempt.saturating_sub(1)).unwrap_or(u32::MAX))
+            Backoff::RECONNECT.delay(u32::try_from(attempt.saturating_sub(1)).unwrap_or(u32::MAX))
         })
         .event_callback(|event| async move {
             match event {

@@ -104,9 +104,9 @@ impl WorkerState {
     }
 }
 
-/// Most steps (log entries examined plus entries evicted) one [`Index`] call spends keeping
-/// its memory bound: a few milliseconds.
-pub const EVICT_WORK: usize = 32_768;
+/// Steps (log entries examined plus entries evicted) one [`Index`] call spends keeping its
+/// memory bound, unless it overshoots by more: a few milliseconds.
+pub const EVICT_WORK: usize = 4_096;
 
 /// What one eviction pass over a worker did.
 #[derive(Debug, Default)]
@@ -471,15 +471,19 @@ impl Index {
 
     /// Keeps the entries under `max_entries`: past it, evicts down to 99% of it, from the
     /// workers holding most, leaves first. One call does at most [`EVICT_WORK`] steps (log
-    /// entries examined plus entries evicted), so one batch of events never holds the fleet's
-    /// thread, and routing, for more than a few milliseconds; under sustained pressure the
-    /// next calls (each apply, each [`Index::maintain`]) go on where it stopped.
+    /// entries examined plus entries evicted), or four per entry over the bound if that is
+    /// more, so one message never holds the fleet's thread, and routing, for more than a few
+    /// milliseconds; the next calls (each apply, each [`Index::maintain`]) go on where it
+    /// stopped.
     fn enforce_bound(&mut self) {
         if self.entries <= self.config.max_entries {
             return;
         }
         let target = self.config.max_entries - self.config.max_entries / 100;
-        let mut work = EVICT_WORK;
+        // More work when the index overshoots further (a long scan for leaves while messages
+        // keep arriving): the overshoot then stays within a few messages.
+        let over = self.entries - self.config.max_entries;
+        let mut work = EVICT_WORK.max(over.saturating_mul(4));
         while self.entries > target && work > 0 {
             let Some((wi, _)) = self
                 .workers
