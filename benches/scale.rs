@@ -287,7 +287,7 @@ async fn start_reporters(
     let ttl = limits.registry_ttl;
     let mut publishers = Vec::new();
     let mut starts = Vec::new();
-    for (i, w) in fleet.into_iter().enumerate() {
+    for (i, w) in fleet.iter().enumerate() {
         let (subjects, id) = (args.subjects(), w.id.clone());
         let p = Publisher::new(conn.clone(), subjects, id.clone(), 1, GRACE).expect("worker id");
         publishers.push(p.clone());

@@ -68,36 +68,6 @@ fn authorized(token: Option<&AdminToken>, headers: &HeaderMap) -> Result<(), Api
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bearer(v: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, v.parse().unwrap());
-        h
-    }
-
-    #[test]
-    fn only_the_exact_token_passes() {
-        let t = AdminToken::new("s3cret");
-        assert!(authorized(Some(&t), &bearer("Bearer s3cret")).is_ok());
-        for bad in [
-            "Bearer s3cre",
-            "Bearer s3cret ",
-            "Bearer S3cret",
-            "s3cret",
-            "Basic s3cret",
-        ] {
-            assert!(authorized(Some(&t), &bearer(bad)).is_err(), "{bad}");
-        }
-        assert!(authorized(Some(&t), &HeaderMap::new()).is_err());
-        let off = authorized(None, &bearer("Bearer s3cret")).unwrap_err();
-        assert_eq!(off.status(), axum::http::StatusCode::NOT_FOUND);
-        assert!(!format!("{t:?}").contains("s3cret"), "never logged");
-    }
-}
-
 /// `GET /admin/workers`: each worker with its registry entry, load, block count, the
 /// router's own in-flight count and the proxy's liveness record.
 pub(super) async fn workers(State(state): State<AppState>) -> Response {
@@ -152,4 +122,34 @@ pub(super) async fn index(State(state): State<AppState>) -> Response {
         "stream_seq": state.fleet.applied_stream_seq(),
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bearer(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn only_the_exact_token_passes() {
+        let t = AdminToken::new("s3cret");
+        assert!(authorized(Some(&t), &bearer("Bearer s3cret")).is_ok());
+        for bad in [
+            "Bearer s3cre",
+            "Bearer s3cret ",
+            "Bearer S3cret",
+            "s3cret",
+            "Basic s3cret",
+        ] {
+            assert!(authorized(Some(&t), &bearer(bad)).is_err(), "{bad}");
+        }
+        assert!(authorized(Some(&t), &HeaderMap::new()).is_err());
+        let off = authorized(None, &bearer("Bearer s3cret")).unwrap_err();
+        assert_eq!(off.status(), axum::http::StatusCode::NOT_FOUND);
+        assert!(!format!("{t:?}").contains("s3cret"), "never logged");
+    }
 }

@@ -161,13 +161,15 @@ pub(crate) async fn start(
         shutdown.clone(),
     ));
     tasks.spawn(registry_watch::run(
-        client.clone(),
-        infra.registry.clone(),
-        config.allowed_worker_hosts.clone(),
-        config.limits.registry_ttl,
-        handle.clone(),
-        registry_loaded,
-        metrics.clone(),
+        registry_watch::RegistryWatch {
+            client: client.clone(),
+            kv: infra.registry.clone(),
+            allowed: config.allowed_worker_hosts.clone(),
+            ttl: config.limits.registry_ttl,
+            handle: handle.clone(),
+            loaded: registry_loaded,
+            metrics: metrics.clone(),
+        },
         shutdown.clone(),
     ));
     if !config.load_share_interval.is_zero() {

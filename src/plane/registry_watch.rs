@@ -27,16 +27,29 @@ use crate::fleet_actor::{Command, FleetHandle};
 use crate::metrics::{PlaneMetrics, Rejected};
 use crate::worker_url::AllowList;
 
-pub(super) async fn run(
-    client: async_nats::Client,
-    kv: kv::Store,
-    allowed: AllowList,
-    ttl: Duration,
-    handle: FleetHandle,
-    loaded: tokio::sync::watch::Sender<bool>,
-    metrics: Arc<PlaneMetrics>,
-    shutdown: CancellationToken,
-) {
+/// What the registry watch needs.
+pub(super) struct RegistryWatch {
+    pub(super) client: async_nats::Client,
+    pub(super) kv: kv::Store,
+    /// The hosts registry entries may name.
+    pub(super) allowed: AllowList,
+    pub(super) ttl: Duration,
+    pub(super) handle: FleetHandle,
+    /// Set once the bucket's history is delivered.
+    pub(super) loaded: tokio::sync::watch::Sender<bool>,
+    pub(super) metrics: Arc<PlaneMetrics>,
+}
+
+pub(super) async fn run(watch: RegistryWatch, shutdown: CancellationToken) {
+    let RegistryWatch {
+        client,
+        kv,
+        allowed,
+        ttl,
+        handle,
+        loaded,
+        metrics,
+    } = watch;
     let mut attempt = 0u32;
     let mut leases = Leases::new(ttl);
     let mut sweep = tokio::time::interval((ttl / 4).max(Duration::from_millis(10)));
